@@ -1,0 +1,39 @@
+# Two commands do all set-up: `make demo` and `make test` (each creates .venv if needed).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PPDATA := $(VENV)/bin/ppdata
+STAMP := $(VENV)/.ppdata-installed
+DEMO := demo-out
+
+.PHONY: setup demo test test-fast bench clean
+
+setup: $(STAMP)
+
+# torch/torchvision are pinned here (the CUDA build that also runs on CPU); pyproject keeps ranges,
+# so installing the project never pulls another torch.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+# The main job on the embedded sample, offline.
+demo: setup
+	rm -rf $(DEMO) && mkdir -p $(DEMO)
+	$(PPDATA) encrypt sample --cs --out $(DEMO)/shards --keep-keys $(DEMO)/keys.json
+	$(PPDATA) info $(DEMO)/shards --verify
+	$(PPDATA) preview $(DEMO)/shards --plain sample -o $(DEMO)/preview.png
+
+test: setup
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
+
+bench: setup
+	$(PY) bench/encrypt.py
+
+clean:
+	rm -rf $(DEMO) .pytest_cache build *.egg-info

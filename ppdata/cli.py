@@ -1,0 +1,338 @@
+"""The ``ppdata`` command: a thin Click layer over the library.
+
+Exit status: 0 success, 1 runtime failure (one-line ``Error:`` message), 2 usage error.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .errors import PpdataError
+
+log = logging.getLogger("ppdata")
+
+
+def _setup_logging(quiet: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(logging.ERROR if quiet else logging.INFO)
+    log.propagate = False
+
+
+def _errors(f):
+    """Turn library errors into one-line messages with exit status 1."""
+
+    @functools.wraps(f)
+    def wrapper(*args, **kwargs):
+        try:
+            return f(*args, **kwargs)
+        except PpdataError as e:
+            raise click.ClickException(str(e)) from None
+        except KeyboardInterrupt:
+            click.echo("Interrupted; no output was marked complete. Run the command again.", err=True)
+            sys.exit(130)
+        except OSError as e:
+            where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+            raise click.ClickException(f"{e.strerror or e}{where}") from None
+
+    return wrapper
+
+
+def _parse_size(value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    try:
+        h, w = (int(v) for v in value.lower().split("x"))
+        if h < 1 or w < 1:
+            raise ValueError
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not HxW (e.g. 32x32)", param_hint="--resize") from None
+    return h, w
+
+
+class _Ctx:
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, "--version", prog_name="ppdata")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars or notes on stderr.")
+@click.pass_context
+def cli(ctx, quiet):
+    """Privacy-preserving image datasets: encrypt each image under its own key, shard, expand,
+    train and attack.
+
+    \b
+    Example (offline, on the embedded sample):
+      ppdata encrypt sample --cs --out shards/
+      ppdata info shards/ --verify
+      ppdata preview shards/ -o grid.png --plain sample
+    """
+    ctx.obj = _Ctx(quiet)
+    _setup_logging(quiet)
+
+
+# ---------------------------------------------------------------------------------------------
+# encrypt
+
+
+@cli.command()
+@click.argument("source", type=click.Choice(["cifar10", "cifar100", "stl10", "folder", "sample"]))
+@click.argument("path", required=False)
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Output shard folder.")
+@click.option("--split", default="all", show_default=True, help="train, test, ... or all.")
+@click.option("--keys", "key_mode", type=click.Choice(["independent", "same"]), default="independent",
+              show_default=True, help="A fresh key per image, or one key (from --key-file) for all.")
+@click.option("--key-file", type=click.Path(dir_okay=False),
+              help="Key file for --keys same (created there if absent). Keep it away from the server.")
+@click.option("--keep-keys", type=click.Path(dir_okay=False),
+              help="Keep the secret of independent keys in this client-side keystore (mode 0600). "
+                   "Without it the keys are thrown away and nobody can decrypt.")
+@click.option("--seed", type=int, help="Reproducible keys FOR EXPERIMENTS ONLY: whoever knows the seed can "
+                                       "decrypt; the manifest says so.")
+@click.option("--cs/--no-cs", default=False, show_default=True, help="Add the per-pixel colour shuffle to NP.")
+@click.option("--plain", is_flag=True, help="Write the same layout unencrypted (baselines, plain-Q tests).")
+@click.option("--scheme", default="pixel", show_default=True, help="Encryption scheme (see ppdata.cipher).")
+@click.option("--format", "fmt", type=click.Choice(["webdataset", "hdf5"]), default="webdataset",
+              show_default=True)
+@click.option("--shard-size", type=click.IntRange(min=1), default=10000, show_default=True,
+              help="Samples per tar shard.")
+@click.option("--resize", help="Resize every image to HxW (folder sources with mixed sizes).")
+@click.option("--root", default="data", show_default=True, help="Where torchvision datasets live.")
+@click.option("--download/--no-download", default=False, show_default=True,
+              help="Let torchvision download the dataset into --root.")
+@click.option("--strict", is_flag=True, help="Abort on the first unreadable image instead of skipping it.")
+@click.option("--overwrite", is_flag=True, help="Replace ppdata's files in a non-empty --out.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=512, show_default=True)
+@click.pass_obj
+@_errors
+def encrypt(obj, source, path, out, split, key_mode, key_file, keep_keys, seed, cs, plain, scheme, fmt,
+            shard_size, resize, root, download, strict, overwrite, batch_size):
+    """Encrypt SOURCE into sharded archives, every image under its own key by default.
+
+    SOURCE is cifar10, cifar100, stl10 (torchvision, --root/--download), folder PATH (an
+    ImageFolder directory or .tar/.tar.gz archive of one) or sample (embedded, offline).
+    Sample keys are <split>_<index:06d> in source order.
+
+    \b
+    Examples:
+      ppdata encrypt cifar10 --keys independent --cs --out shards/
+      ppdata encrypt folder photos.tar.gz --split test --cs --out v/ --keep-keys ~/keys/v.json
+      ppdata encrypt sample --keys same --key-file ~/keys/k.json --out same/
+      ppdata encrypt sample --plain --out plain/
+    """
+    from .cipher import get_scheme
+    from .keys import Keystore, KeyStream, is_inside, new_secret, secret_from_seed
+    from .pipeline import encrypt as run
+    from .sources import open_source
+
+    size = _parse_size(resize)
+    if plain:
+        for name, v in (("--cs", cs), ("--key-file", key_file), ("--keep-keys", keep_keys), ("--seed", seed is not None)):
+            if v:
+                raise click.UsageError(f"{name} makes no sense with --plain")
+        sch = get_scheme("plain")
+        stream, seeded = None, False
+    else:
+        try:
+            sch = get_scheme(scheme, cs=cs) if scheme == "pixel" else get_scheme(scheme)
+        except (ValueError, TypeError) as e:
+            raise click.BadParameter(str(e), param_hint="--scheme") from None
+        seeded = seed is not None
+        if key_mode == "same":
+            if not key_file:
+                raise click.UsageError("--keys same needs --key-file FILE (created there if absent)")
+            if keep_keys:
+                raise click.UsageError("--keep-keys is for independent keys; with --keys same the key file is the key")
+            if seeded:
+                raise click.UsageError("--seed is for independent keys; --keys same reads its key from --key-file")
+            if is_inside(key_file, out):
+                raise PpdataError(f"refusing to keep the key file {key_file} inside the output folder {out}")
+            if Path(key_file).exists():
+                store = Keystore.load(key_file)
+                if store.mode != "same":
+                    raise PpdataError(f"{key_file} is a keystore of {store.mode} keys, not a key file for --keys same")
+                log.info("using the key in %s (key id %s)", key_file, store.key_id)
+            else:
+                store = Keystore(mode="same", secret=new_secret())
+                store.save(key_file)
+                log.info("created key file %s (key id %s); keep it on the client", key_file, store.key_id)
+            stream = store.stream()
+        else:
+            if key_file:
+                raise click.UsageError("--key-file is for --keys same; use --keep-keys to keep independent keys")
+            stream = KeyStream(secret_from_seed(seed) if seeded else new_secret(), "independent")
+    src = open_source(source, path, split=split, root=root, download=download, resize=size, strict=strict)
+    manifest = run(src, out, scheme=sch, keys=stream, fmt=fmt, split=split, shard_size=shard_size,
+                   overwrite=overwrite, keystore=keep_keys, seeded=seeded, batch_size=batch_size,
+                   extra_options={"resize": list(size) if size else None, "strict": strict},
+                   progress=not obj.quiet)
+    _summary(out, manifest)
+    if not plain and key_mode == "independent" and not keep_keys:
+        log.info("keys were not kept (no --keep-keys): nobody, you included, can decrypt %s", out)
+
+
+def _summary(out, manifest) -> None:
+    parts = [f"{sp} {v['count']}" + (f" ({v['skipped']['count']} skipped)" if v["skipped"]["count"] else "")
+             for sp, v in manifest["splits"].items()]
+    sch = manifest["scheme"]
+    desc = sch["name"] + ("" if sch["name"] != "pixel" else ("+CS" if sch.get("cs") else " NP"))
+    mode = (manifest.get("keys") or {}).get("mode", "no key")
+    click.echo(f"{out}: {', '.join(parts)} images, {desc}, {mode} keys, {manifest['format']}")
+
+
+# ---------------------------------------------------------------------------------------------
+# decrypt
+
+
+@cli.command()
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--keys", "keystore", required=True, type=click.Path(dir_okay=False),
+              help="The keystore (--keep-keys) or key file (--key-file) used to encrypt.")
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["webdataset", "hdf5", "png"]),
+              help="Plain shards (default: the input's format) or a PNG ImageFolder tree.")
+@click.option("--overwrite", is_flag=True, help="Replace ppdata's files in a non-empty --out.")
+@click.pass_obj
+@_errors
+def decrypt(obj, directory, keystore, out, fmt, overwrite):
+    """Decrypt a shard folder with its keystore (client side).
+
+    \b
+    Example:
+      ppdata decrypt shards/ --keys ~/keys/v.json --out plain/ --format png
+    """
+    from .pipeline import decrypt as run
+
+    run(directory, keystore, out, fmt=fmt, overwrite=overwrite, progress=not obj.quiet)
+    click.echo(f"{out}: decrypted {directory}")
+
+
+# ---------------------------------------------------------------------------------------------
+# info
+
+
+@cli.command()
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--verify", is_flag=True, help="Re-hash every shard against the manifest.")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
+@_errors
+def info(directory, verify, as_json):
+    """Summarise a shard folder; --verify re-hashes every shard (exit 1 on a mismatch).
+
+    \b
+    Example:
+      ppdata info shards/ --verify
+    """
+    from .shards import ShardSet, read_manifest
+
+    m = read_manifest(directory)
+    if as_json:
+        click.echo(json.dumps(m, indent=2))
+    else:
+        sch = m.get("scheme") or {}
+        keys = m.get("keys") or {}
+        opts = ", ".join(f"{k}={v}" for k, v in sch.items() if k not in ("name", "encrypted"))
+        click.echo(f"folder    {directory}")
+        click.echo(f"format    {m['format']}  (ppdata {m.get('ppdata_version')}, created {m.get('created')})")
+        click.echo(f"source    {json.dumps(m.get('source'))}")
+        click.echo(f"scheme    {sch.get('name')}" + (f" ({opts})" if opts else ""))
+        if keys:
+            seeded = "  SEEDED: not private" if keys.get("seeded") else ""
+            click.echo(f"keys      {keys.get('mode')} (key id {keys.get('key_id')}){seeded}")
+        else:
+            click.echo("keys      none (plain images)")
+        if m.get("augment"):
+            a = m["augment"]
+            click.echo(f"augment   {json.dumps(a.get('variants', a))}")
+        click.echo(f"shape     {'x'.join(str(v) for v in m['shape'])}, {len(m.get('classes', []))} classes")
+        total = 0
+        for sp, v in m["splits"].items():
+            size = sum(s["bytes"] for s in v["shards"])
+            total += size
+            skipped = (v.get("skipped") or {}).get("count", 0)
+            click.echo(f"split     {sp}: {v['count']} samples in {len(v['shards'])} file(s), {size / 1e6:.1f} MB"
+                       + (f", {skipped} skipped" if skipped else ""))
+    if verify:
+        problems = []
+        for sp in m["splits"]:
+            problems += ShardSet(directory, sp, m).verify()
+        if problems:
+            for p in problems:
+                click.echo(f"MISMATCH  {p}", err=True)
+            raise PpdataError(f"{len(problems)} shard(s) of {directory} failed verification")
+        n = sum(len(v["shards"]) for v in m["splits"].values())
+        click.echo(f"verify    ok: {n} file(s) match their sha256")
+
+
+# ---------------------------------------------------------------------------------------------
+# preview
+
+
+@cli.command()
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.argument("plain_path", required=False)
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="PNG to write.")
+@click.option("--split", help="Split to show (default: test if present, else the first).")
+@click.option("-n", "count", type=click.IntRange(1, 1024), default=32, show_default=True, help="Images to show.")
+@click.option("--plain", "plain_source", type=click.Choice(["cifar10", "cifar100", "stl10", "folder", "sample"]),
+              help="Show each image beside its original from this source (folder: give PLAIN_PATH).")
+@click.option("--root", default="data", show_default=True, help="Where torchvision datasets live (--plain).")
+@click.option("--cols", type=click.IntRange(min=1), default=8, show_default=True)
+@_errors
+def preview(directory, plain_path, output, split, count, plain_source, root, cols):
+    """Write a contact sheet of a shard folder; with --plain, originals beside encrypted images.
+
+    \b
+    Examples:
+      ppdata preview shards/ -o grid.png
+      ppdata preview v/ --plain folder photos.tar.gz -o side-by-side.png
+    """
+    import numpy as np
+
+    from .pipeline import key_index
+    from .preview import auto_scale, grid, pairs, save_png
+    from .shards import ShardSet, read_manifest
+    from .sources import open_source
+
+    m = read_manifest(directory)
+    split = split or ("test" if "test" in m["splits"] else next(iter(m["splits"])))
+    ss = ShardSet(directory, split, m)
+    shown = next(ss.batches(count))[:count]
+    images = shown.images
+    if plain_source:
+        src = open_source(plain_source, plain_path, split=split, root=root)
+        idx = key_index(shown.keys, split)
+        want = {int(i): j for j, i in enumerate(idx)}
+        originals = np.zeros_like(images)
+        found = 0
+        for b in src.batches(split, 256):
+            for i, img in zip(b.index, b.images):
+                if int(i) in want:
+                    originals[want[int(i)]] = img
+                    found += 1
+            if found == len(want) or b.index.max() > idx.max():
+                break
+        if found < len(want):
+            raise PpdataError(f"only {found} of {len(want)} originals found in {plain_source} {plain_path or ''}")
+        images = pairs(originals, images)
+        cols = cols + cols % 2
+    sheet = grid(images, cols=cols, scale=auto_scale(ss.shape[0]))
+    save_png(sheet, output)
+    click.echo(f"{output}: {len(shown)} images of {directory} ({split})" + (" beside originals" if plain_source else ""))
+
+
+def main() -> None:
+    cli(prog_name="ppdata")
+
+
+if __name__ == "__main__":
+    main()

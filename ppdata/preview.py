@@ -1,0 +1,40 @@
+"""Contact sheets: grids of images, optionally encrypted beside plain originals."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def grid(images: np.ndarray, cols: int = 8, pad: int = 2, scale: int = 1, background: int = 255) -> np.ndarray:
+    """Tile ``(N, H, W, 3)`` uint8 images into one ``(rows*(H+pad)+pad, ...)`` image."""
+    n, h, w, _ = images.shape
+    if scale > 1:
+        images = images.repeat(scale, axis=1).repeat(scale, axis=2)
+        h, w = h * scale, w * scale
+    cols = max(1, min(cols, n))
+    rows = -(-n // cols)
+    out = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, 3), background, np.uint8)
+    for i in range(n):
+        r, c = divmod(i, cols)
+        out[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + c * (w + pad) : pad + c * (w + pad) + w] = images[i]
+    return out
+
+
+def auto_scale(h: int, target: int = 96) -> int:
+    """Integer upscaling so that small images (32x32) are visible in a sheet."""
+    return max(1, target // max(1, h))
+
+
+def pairs(*columns: np.ndarray) -> np.ndarray:
+    """Interleave equally long image sets: a, b, a, b, ... (for side-by-side sheets)."""
+    n = min(len(c) for c in columns)
+    return np.stack([c[:n] for c in columns], axis=1).reshape(n * len(columns), *columns[0].shape[1:])
+
+
+def save_png(image: np.ndarray, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(path)
+    return path

@@ -1,0 +1,448 @@
+"""Dataset readers: every source yields batches of ``(images, labels, index)`` per split.
+
+Conventions: ``images`` ``(B, H, W, 3)`` uint8 RGB, ``labels`` ``(B,)`` int64, ``index``
+``(B,)`` int64, the position of each image in its split in source order. The sample key of an
+image is ``<split>_<index:06d>`` (``sample_key``). An image that cannot be read is skipped and
+recorded in ``Source.skipped`` (its index is not reused, so keys never shift), or, with
+``strict``, raises ``PpdataError`` naming the file.
+
+Sources
+-------
+``cifar10``, ``cifar100``, ``stl10``
+    through torchvision (``root``, ``download``); STL-10's unlabelled split is not offered.
+``folder PATH``
+    an ImageFolder tree given as a directory or a ``.tar`` / ``.tar.gz`` archive of one (read as
+    a stream, never extracted). Layout ``<class>/<file>`` (one split, named by ``split`` or
+    ``train``) or ``<split>/<class>/<file>`` with split folders ``train``, ``test``, ``val``...;
+    a single wrapping folder is stripped. Classes are the sorted class-folder names over all
+    splits. Order: sorted paths for a directory, archive order for an archive.
+``sample``
+    the embedded sample, a small slice of CIFAR-10 (see ``ppdata/data/PROVENANCE.md``).
+``ArraySource``
+    in-memory arrays (tests, benchmarks, library use).
+
+Image modes: L, LA, P, RGBA, CMYK, I;16 and other 16/32-bit modes are converted to 8-bit RGB
+(alpha is dropped, 16-bit values are scaled by 1/257). All images of a source must have one
+size unless ``resize=(H, W)`` is given (Lanczos resampling).
+"""
+from __future__ import annotations
+
+import io
+import logging
+import os
+import tarfile
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path, PurePosixPath
+from typing import Iterator, Sequence
+
+import numpy as np
+from PIL import Image, ImageFile
+
+from .errors import PpdataError
+
+log = logging.getLogger("ppdata")
+ImageFile.LOAD_TRUNCATED_IMAGES = False  # truncated files must fail, not decode half-grey
+
+SPLIT_NAMES = ("train", "test", "val", "valid", "validation")
+IMAGE_EXTENSIONS = frozenset(
+    ext.lower() for ext in Image.registered_extensions() if ext.lower() not in {".pdf", ".eps", ".ps"}
+)
+
+
+def sample_key(split: str, index: int) -> str:
+    """``<split>_<index:06d>``: no dots (WebDataset splits a member name at its first dot)."""
+    return f"{split}_{index:06d}"
+
+
+@dataclass
+class Batch:
+    """A batch from a source: images (B,H,W,3) uint8, labels (B,) int64, index (B,) int64."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    index: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+
+@dataclass
+class Skipped:
+    split: str
+    index: int
+    path: str
+    reason: str
+
+
+class Source:
+    """Base class of all sources."""
+
+    name: str = "source"
+    classes: list[str]
+    strict: bool = False
+
+    def __init__(self):
+        self.skipped: list[Skipped] = []
+
+    def splits(self) -> list[str]:
+        raise NotImplementedError
+
+    def count(self, split: str) -> int | None:
+        """Number of images in ``split`` (before skipping), if known cheaply."""
+        return None
+
+    def batches(self, split: str, batch_size: int = 256) -> Iterator[Batch]:
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        return {"name": self.name}
+
+    def select_splits(self, split: str | None) -> list[str]:
+        """``None`` or ``"all"``: every split; otherwise the named one (error if absent)."""
+        available = self.splits()
+        if split in (None, "all"):
+            return available
+        if split not in available:
+            raise PpdataError(
+                f"split {split!r} not in source {self.name} (available: {', '.join(available) or 'none'})"
+            )
+        return [split]
+
+
+class ArraySource(Source):
+    """In-memory arrays: ``{split: (images (N,H,W,3) uint8, labels (N,))}``."""
+
+    name = "arrays"
+
+    def __init__(self, data: dict[str, tuple[np.ndarray, np.ndarray]], classes: Sequence[str] | None = None,
+                 name: str = "arrays"):
+        super().__init__()
+        self.name = name
+        self.data = {}
+        for split, (images, labels) in data.items():
+            images = np.asarray(images)
+            if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+                raise ValueError(f"split {split}: images must be (N, H, W, 3) uint8, got {images.shape} {images.dtype}")
+            labels = np.asarray(labels, np.int64).reshape(-1)
+            if len(labels) != len(images):
+                raise ValueError(f"split {split}: {len(images)} images but {len(labels)} labels")
+            self.data[split] = (images, labels)
+        n_classes = max((int(l.max()) + 1 for _, l in self.data.values() if len(l)), default=0)
+        self.classes = list(classes) if classes is not None else [str(i) for i in range(n_classes)]
+
+    def splits(self) -> list[str]:
+        return list(self.data)
+
+    def count(self, split: str) -> int:
+        return len(self.data[split][1])
+
+    def batches(self, split: str, batch_size: int = 256) -> Iterator[Batch]:
+        images, labels = self.data[split]
+        for a in range(0, len(labels), batch_size):
+            b = min(len(labels), a + batch_size)
+            yield Batch(np.ascontiguousarray(images[a:b]), labels[a:b], np.arange(a, b, dtype=np.int64))
+
+
+# ---------------------------------------------------------------------------------------------
+# torchvision datasets
+
+_TORCHVISION = {
+    "cifar10": ("CIFAR10", ("train", "test")),
+    "cifar100": ("CIFAR100", ("train", "test")),
+    "stl10": ("STL10", ("train", "test")),
+}
+
+
+class TorchvisionSource(ArraySource):
+    """CIFAR-10, CIFAR-100 or STL-10 through torchvision, read into memory as uint8 arrays."""
+
+    def __init__(self, name: str, root: str | os.PathLike = "data", download: bool = False,
+                 split: str | None = None):
+        if name not in _TORCHVISION:
+            raise PpdataError(f"unknown torchvision source {name!r}")
+        import torchvision.datasets as tvd
+
+        cls_name, all_splits = _TORCHVISION[name]
+        cls = getattr(tvd, cls_name)
+        wanted = all_splits if split in (None, "all") else (split,)
+        if split not in (None, "all") and split not in all_splits:
+            raise PpdataError(f"split {split!r} not in {name} (available: {', '.join(all_splits)})")
+        data, classes = {}, None
+        for s in wanted:
+            kwargs = {"split": s} if name == "stl10" else {"train": s == "train"}
+            try:
+                ds = cls(root=str(root), download=download, **kwargs)
+            except RuntimeError as e:
+                if "not found" in str(e).lower() or "corrupted" in str(e).lower():
+                    raise PpdataError(
+                        f"{name} ({s}) not found under --root {root}. Pass --download to fetch it, "
+                        f"--root DIR where it already is, or use `ppdata encrypt folder PATH` for an "
+                        f"ImageFolder tree or archive."
+                    ) from None
+                raise
+            except OSError as e:  # network failure during download
+                raise PpdataError(
+                    f"cannot download {name} into {root}: {e}. Without network, pass --root DIR where the "
+                    f"data already is, or use `ppdata encrypt folder PATH`."
+                ) from None
+            if name == "stl10":
+                images = np.ascontiguousarray(ds.data.transpose(0, 2, 3, 1))
+                labels = np.asarray(ds.labels, np.int64)
+            else:
+                images = np.ascontiguousarray(ds.data)
+                labels = np.asarray(ds.targets, np.int64)
+            data[s] = (images, labels)
+            classes = list(ds.classes)
+        super().__init__(data, classes, name=name)
+        self.root = str(root)
+
+    def describe(self) -> dict:
+        return {"name": self.name, "root": self.root}
+
+
+# ---------------------------------------------------------------------------------------------
+# ImageFolder trees and archives
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to 8-bit RGB (alpha dropped, 16/32-bit scaled down)."""
+    if img.mode == "RGB":
+        return img
+    if img.mode.startswith("I"):  # 16-bit (I;16*) and 32-bit integer images, taken as 16-bit range
+        a = np.clip(np.asarray(img).astype(np.int64), 0, 65535)
+        return Image.fromarray(((a * 255 + 32767) // 65535).astype(np.uint8), "L").convert("RGB")
+    if img.mode == "F":
+        a = np.clip(np.asarray(img), 0, 255)
+        return Image.fromarray(np.round(a).astype(np.uint8), "L").convert("RGB")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    return img.convert("RGB")
+
+
+def decode_image(data: bytes | os.PathLike | str, resize: tuple[int, int] | None = None) -> np.ndarray:
+    """Decode one image file to (H, W, 3) uint8, converting its mode; optional resize (H, W)."""
+    src = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
+    with Image.open(src) as img:
+        img.load()
+        img = to_rgb(img)
+        if resize is not None and img.size != (resize[1], resize[0]):
+            img = img.resize((resize[1], resize[0]), Image.Resampling.LANCZOS)
+        return np.asarray(img, dtype=np.uint8)
+
+
+@dataclass
+class _Entry:
+    split: str
+    cls: str
+    path: str  # relative path (directory) or member name (archive)
+
+
+def _layout(paths: list[str], origin: str) -> tuple[list[_Entry], bool]:
+    """Map image paths to (split, class); True if the tree has split folders."""
+    parts = [PurePosixPath(p).parts for p in paths]
+    # strip wrapping folders shared by all paths (not split names)
+    while parts and all(len(p) > 2 for p in parts):
+        first = {p[0] for p in parts}
+        if len(first) != 1 or next(iter(first)).lower() in SPLIT_NAMES:
+            break
+        parts = [p[1:] for p in parts]
+    depths = {len(p) for p in parts}
+    if depths == {3} and all(p[0].lower() in SPLIT_NAMES for p in parts):
+        return [_Entry(p[0].lower(), p[1], path) for p, path in zip(parts, paths)], True
+    if depths == {2}:
+        return [_Entry("", p[0], path) for p, path in zip(parts, paths)], False
+    bad = next((path for p, path in zip(parts, paths) if len(p) != 2), paths[0])
+    raise PpdataError(
+        f"{origin}: expected an ImageFolder layout <class>/<image> or <split>/<class>/<image>; "
+        f"found {bad!r}"
+    )
+
+
+def _is_image(name: str) -> bool:
+    base = PurePosixPath(name).name
+    return not base.startswith(".") and PurePosixPath(base).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _is_archive(path: Path) -> bool:
+    name = path.name.lower()
+    return path.is_file() and name.endswith((".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz"))
+
+
+class FolderSource(Source):
+    """An ImageFolder tree as a directory or a tar archive (streamed). See module docstring."""
+
+    name = "folder"
+
+    def __init__(self, path: str | os.PathLike, split: str | None = None, resize: tuple[int, int] | None = None,
+                 strict: bool = False, decode_threads: int = 2):
+        super().__init__()
+        self.path = Path(path)
+        self.resize = resize
+        self.strict = strict
+        self.decode_threads = decode_threads
+        self.shape: tuple[int, int, int] | None = (resize[0], resize[1], 3) if resize else None
+        self._shape_origin: str | None = None
+        if not self.path.exists():
+            raise PpdataError(f"folder source {self.path} does not exist")
+        self.archive = _is_archive(self.path)
+        if not self.archive and not self.path.is_dir():
+            raise PpdataError(f"folder source {self.path} is neither a directory nor a .tar/.tar.gz archive")
+        names = self._list()
+        if not names:
+            raise PpdataError(f"folder source {self.path} holds no images")
+        entries, has_splits = _layout(names, str(self.path))
+        requested = None if split in (None, "all") else split
+        if not has_splits:
+            entries = [_Entry(requested or "train", e.cls, e.path) for e in entries]
+        self.classes = sorted({e.cls for e in entries})
+        self._by_split: dict[str, list[_Entry]] = {}
+        for e in entries:
+            self._by_split.setdefault(e.split, []).append(e)
+        if not self.archive:
+            for v in self._by_split.values():
+                v.sort(key=lambda e: (e.cls, e.path))
+        self._label = {c: i for i, c in enumerate(self.classes)}
+
+    def _list(self) -> list[str]:
+        if self.archive:
+            try:
+                with tarfile.open(self.path, "r|*") as tf:
+                    return [m.name for m in tf if m.isfile() and _is_image(m.name)]
+            except (tarfile.TarError, OSError, EOFError) as e:
+                raise PpdataError(f"cannot read archive {self.path}: {e}") from None
+        out = []
+        for dirpath, dirnames, filenames in os.walk(self.path):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            rel = Path(dirpath).relative_to(self.path)
+            out.extend((rel / f).as_posix() for f in sorted(filenames) if _is_image(f))
+        return out
+
+    def describe(self) -> dict:
+        return {"name": "folder", "path": self.path.name}
+
+    def splits(self) -> list[str]:
+        order = {s: i for i, s in enumerate(SPLIT_NAMES)}
+        return sorted(self._by_split, key=lambda s: (order.get(s, 99), s))
+
+    def count(self, split: str) -> int:
+        return len(self._by_split.get(split, []))
+
+    def _raw(self, split: str) -> Iterator[tuple[int, _Entry, bytes | None, str | None]]:
+        """(index, entry, bytes or None, error) in source order."""
+        entries = self._by_split[split]
+        if self.archive:
+            wanted = {e.path: i for i, e in enumerate(entries)}
+            try:
+                with tarfile.open(self.path, "r|*") as tf:
+                    for m in tf:
+                        i = wanted.get(m.name)
+                        if i is None or not m.isfile():
+                            continue
+                        f = tf.extractfile(m)
+                        yield i, entries[i], f.read(), None
+            except (tarfile.TarError, OSError, EOFError) as e:
+                raise PpdataError(f"cannot read archive {self.path}: {e}") from None
+        else:
+            for i, e in enumerate(entries):
+                try:
+                    yield i, e, (self.path / e.path).read_bytes(), None
+                except OSError as err:
+                    yield i, e, None, str(err.strerror or err)
+
+    def _decode(self, item):
+        i, e, data, err = item
+        if err is None:
+            try:
+                return i, e, decode_image(data, self.resize), None
+            except Exception as ex:  # noqa: BLE001  (Pillow raises many types for bad files)
+                return i, e, None, f"{type(ex).__name__}: {ex}"
+        return i, e, None, err
+
+    def _origin(self, e: _Entry) -> str:
+        return f"{self.path}:{e.path}" if self.archive else str(self.path / e.path)
+
+    def batches(self, split: str, batch_size: int = 256) -> Iterator[Batch]:
+        images, labels, index = [], [], []
+        window: deque = deque()
+        with ThreadPoolExecutor(max(1, self.decode_threads)) as pool:
+            # decode in a bounded window of futures: memory stays bounded by the batch size
+            for item in self._raw(split):
+                window.append(pool.submit(self._decode, item))
+                while len(window) > 2 * batch_size:
+                    if self._accept(split, window.popleft().result(), images, labels, index) >= batch_size:
+                        yield self._flush(images, labels, index)
+            while window:
+                if self._accept(split, window.popleft().result(), images, labels, index) >= batch_size:
+                    yield self._flush(images, labels, index)
+        if images:
+            yield self._flush(images, labels, index)
+
+    @staticmethod
+    def _flush(images, labels, index) -> Batch:
+        b = Batch(np.stack(images), np.asarray(labels, np.int64), np.asarray(index, np.int64))
+        images.clear(), labels.clear(), index.clear()
+        return b
+
+    def _accept(self, split, result, images, labels, index) -> int:
+        """Check one decoded image, append it (or record it as skipped); return the batch size."""
+        i, e, arr, err = result
+        origin = self._origin(e)
+        if err is not None:
+            if self.strict:
+                raise PpdataError(f"cannot read image {origin}: {err}")
+            log.warning("skipping unreadable image %s: %s", origin, err)
+            self.skipped.append(Skipped(split, i, e.path, err))
+            return len(images)
+        if self.shape is None:
+            self.shape = arr.shape
+            self._shape_origin = origin
+        elif arr.shape != self.shape:
+            raise PpdataError(
+                f"image {origin} is {arr.shape[1]}x{arr.shape[0]} but {self._shape_origin} is "
+                f"{self.shape[1]}x{self.shape[0]}; pass --resize HxW to bring all images to one size"
+            )
+        images.append(arr)
+        labels.append(self._label[e.cls])
+        index.append(i)
+        return len(images)
+
+
+def sample_archive() -> Path:
+    """Path of the embedded sample (an ImageFolder tar.gz with train/ and test/)."""
+    return Path(str(resources.files("ppdata") / "data" / "sample.tar.gz"))
+
+
+class SampleSource(FolderSource):
+    """The embedded sample: 500 train + 100 test CIFAR-10 images (32x32), no network needed."""
+
+    name = "sample"
+
+    def __init__(self, split: str | None = None, strict: bool = False, resize=None):
+        super().__init__(sample_archive(), split=split, strict=strict, resize=resize)
+
+    def describe(self) -> dict:
+        return {"name": "sample"}
+
+
+def open_source(name: str, path: str | None = None, *, split: str | None = None, root: str = "data",
+                download: bool = False, resize: tuple[int, int] | None = None, strict: bool = False) -> Source:
+    """Open a source by CLI name: cifar10, cifar100, stl10, folder (needs ``path``), sample."""
+    if name == "folder":
+        if not path:
+            raise PpdataError("source 'folder' needs a PATH (a directory or .tar/.tar.gz archive)")
+        return FolderSource(path, split=split, resize=resize, strict=strict)
+    if path:
+        raise PpdataError(f"source {name!r} takes no PATH (use --root DIR for torchvision data)")
+    if name == "sample":
+        return SampleSource(split=split, strict=strict, resize=resize)
+    if name in _TORCHVISION:
+        if resize:
+            raise PpdataError("--resize is only supported for folder and sample sources")
+        return TorchvisionSource(name, root=root, download=download, split=split)
+    raise PpdataError(f"unknown source {name!r}; expected one of cifar10, cifar100, stl10, folder, sample")
+
+
+SOURCE_NAMES = ("cifar10", "cifar100", "stl10", "folder", "sample")
