@@ -10,7 +10,7 @@ images tiled), labels 0..9. Compared in one run:
               (a) the obvious baseline: per image PIL -> numpy -> per-image key + encryption ->
                   ``webdataset.ShardWriter`` (run on ``--baseline-n`` images, rate extrapolated),
               (b) the limit: a sequential ``dd`` write of the same number of bytes (with and without
-                  fsync, since ppdata fsyncs every finished shard), and ``cp`` of the shards.
+                  fsync, since ppdata fsyncs every finished shard).
 Writes a markdown table to ``--out`` and prints it.
 """
 from __future__ import annotations
@@ -116,14 +116,15 @@ def ours(images, labels, out: Path, fmt: str) -> tuple[float, int]:
     return len(images) / dt, size
 
 
-def copy_limit(src: Path, dst: Path, n: int) -> float:
-    t = time.perf_counter()
-    subprocess.run(["cp", "-r", str(src), str(dst)], check=True)
-    return n / (time.perf_counter() - t)
-
-
 def write_limit(dst: Path, nbytes: int, n: int, fsync: bool) -> float:
     """dd of the same number of bytes from /dev/zero: a sequential write with no reading."""
+    best = 0.0
+    for i in range(3):  # best of 3
+        best = max(best, _dd(dst.with_name(f"{dst.name}{i}"), nbytes, n, fsync))
+    return best
+
+
+def _dd(dst: Path, nbytes: int, n: int, fsync: bool) -> float:
     cmd = ["dd", "if=/dev/zero", f"of={dst}", "bs=1M", f"count={-(-nbytes // (1 << 20))}", "status=none"]
     if fsync:
         cmd.append("conv=fsync")
@@ -145,10 +146,13 @@ def main() -> None:
     try:
         e2e = []
         for fmt in ("webdataset", "hdf5"):
-            rate, size = ours(images, labels, scratch / fmt, fmt)
-            e2e.append((f"ppdata encrypt -> {fmt} (2 threads)", rate, size))
+            runs = [ours(images, labels, scratch / f"{fmt}{i}", fmt) for i in range(3)]  # best of 3
+            for i in range(1, 3):
+                shutil.rmtree(scratch / f"{fmt}{i}")
+            (scratch / f"{fmt}0").rename(scratch / fmt)
+            rate, size = max(runs)
+            e2e.append((f"ppdata encrypt -> {fmt} (2 threads, best of 3)", rate, size))
         wsize = e2e[0][2]
-        cp = copy_limit(scratch / "webdataset", scratch / "cp", args.n)
         dd = write_limit(scratch / "dd", wsize, args.n, fsync=False)
         dds = write_limit(scratch / "dds", wsize, args.n, fsync=True)
         base = baseline(images[: args.baseline_n], labels[: args.baseline_n], scratch / "baseline")
@@ -184,7 +188,6 @@ def main() -> None:
     lines.append(f"| limit: dd of the same bytes from /dev/zero | {dd:,.0f} | {dd * per_img / 1e6:,.0f} | 1.00 |")
     lines.append(f"| limit: dd + fsync (ppdata fsyncs each finished shard) | {dds:,.0f} | "
                  f"{dds * per_img / 1e6:,.0f} | {dds / dd:.2f} |")
-    lines.append(f"| cp of the finished shards (read + write) | {cp:,.0f} | {cp * per_img / 1e6:,.0f} | {cp / dd:.2f} |")
     lines += ["", f"ppdata (WebDataset) is {e2e[0][1] / base:.0f}x the baseline; the dd write is "
                   f"{dd / e2e[0][1]:.2f}x ppdata (target: within 3x), dd + fsync {dds / e2e[0][1]:.2f}x."]
     text = "\n".join(lines) + "\n"
