@@ -367,16 +367,29 @@ class FolderSource(Source):
     def batches(self, split: str, batch_size: int = 256) -> Iterator[Batch]:
         images, labels, index = [], [], []
         window: deque = deque()
+        chunk: list = []
+
+        def decode_chunk(items):
+            return [self._decode(item) for item in items]
+
         with ThreadPoolExecutor(max(1, self.decode_threads)) as pool:
-            # decode in a bounded window of futures: memory stays bounded by the batch size
+            # decode chunks of files in worker threads (Pillow releases the GIL while decoding),
+            # with a bounded number in flight: memory stays bounded by the batch size
+            def drain(limit):
+                while len(window) > limit:
+                    for result in window.popleft().result():
+                        if self._accept(split, result, images, labels, index) >= batch_size:
+                            yield self._flush(images, labels, index)
+
             for item in self._raw(split):
-                window.append(pool.submit(self._decode, item))
-                while len(window) > 2 * batch_size:
-                    if self._accept(split, window.popleft().result(), images, labels, index) >= batch_size:
-                        yield self._flush(images, labels, index)
-            while window:
-                if self._accept(split, window.popleft().result(), images, labels, index) >= batch_size:
-                    yield self._flush(images, labels, index)
+                chunk.append(item)
+                if len(chunk) == 128:
+                    window.append(pool.submit(decode_chunk, chunk))
+                    chunk = []
+                    yield from drain(2 * self.decode_threads)
+            if chunk:
+                window.append(pool.submit(decode_chunk, chunk))
+            yield from drain(0)
         if images:
             yield self._flush(images, labels, index)
 
