@@ -285,3 +285,7 @@ def fold(images: np.ndarray, cs: bool = False) -> np.ndarray:
     if cs:
         f = np.sort(f, axis=-1)
     return f
+
+
+# the comparison schemes register themselves (etc, le, icip, chaos)
+from . import schemes  # noqa: E402,F401
