@@ -108,7 +108,7 @@ def test_block_sizes(sample_images, name):
 
 
 @pytest.mark.parametrize("name", ["etc", "le"])
-def test_indivisible_sizes_are_refused(name):
+def test_indivisible_sizes_are_refused(name, tmp_path):
     s = get_scheme(name, block_size=4)
     for shape in ((30, 32, 3), (32, 6, 3), (3, 3, 3)):
         with pytest.raises(ValueError, match="4x4 blocks"):
@@ -122,7 +122,8 @@ def test_indivisible_sizes_are_refused(name):
     # through the pipeline: a one-line error naming the scheme, nothing marked complete
     src = ArraySource({"test": (x, np.zeros(2, np.int64))}, ["a"])
     with pytest.raises(PpdataError, match=f"{name}: images of 30x32 pixels"):
-        run_encrypt(src, "unused-out", scheme=s, keys=stream(), progress=False)
+        run_encrypt(src, tmp_path / "out", scheme=s, keys=stream(), progress=False)
+    assert not (tmp_path / "out" / "manifest.json").exists()
 
 
 def test_key_that_does_not_fit_is_refused(sample_images):
