@@ -116,8 +116,6 @@ __all__ = ["EtcScheme", "LeScheme", "IcipScheme", "ChaosScheme", "EtcKey", "LeKe
            "KeyExtension", "uniform_permutations", "le_unpack", "le_pack", "logistic_rc4_key",
            "rc4_keystream"]
 
-_CHUNK = 1 << 20  # values per chunk for index-heavy work (bounded memory on large images)
-
 
 # --------------------------------------------------------------------------------------------
 # key helpers
@@ -181,7 +179,7 @@ def _bits(material: np.ndarray, n: int) -> np.ndarray:
     return np.unpackbits(np.ascontiguousarray(material), axis=1, count=n)
 
 
-def _check_block_shape(shape, b: int, scheme: str) -> None:
+def _check_block_shape(shape, b: int) -> None:
     if len(shape) != 3 or shape[2] != 3:
         raise ValueError(f"images must have shape (H, W, 3), got {tuple(shape)}")
     h, w = shape[0], shape[1]
@@ -206,12 +204,6 @@ def _from_blocks(blocks: np.ndarray, h: int, w: int, b: int) -> np.ndarray:
     n = blocks.shape[0]
     out = blocks.reshape(n, h // b, w // b, b, b, 3).transpose(0, 1, 3, 2, 4, 5)
     return np.ascontiguousarray(out).reshape(n, h, w, 3)
-
-
-def _chunks(n: int, per_item: int):
-    step = max(1, _CHUNK // max(1, per_item))
-    for a in range(0, n, step):
-        yield a, min(n, a + step)
 
 
 def _same_rows(stream: KeyStream) -> bool:
@@ -268,6 +260,11 @@ def _block_table(b: int) -> np.ndarray:
     return np.ascontiguousarray(t.reshape(48, b * b * 3))
 
 
+@functools.lru_cache(maxsize=16)
+def _block_inverse_table(b: int) -> np.ndarray:
+    return np.ascontiguousarray(np.argsort(_block_table(b), axis=1))
+
+
 @register
 class EtcScheme(Scheme):
     """Block-scrambling encryption-then-compression (Kurihara et al.): block permutation, block
@@ -283,7 +280,7 @@ class EtcScheme(Scheme):
         return {"block_size": self.block_size, "cs": self.cs}
 
     def check_shape(self, shape) -> None:
-        _check_block_shape(shape, self.block_size, self.name)
+        _check_block_shape(shape, self.block_size)
 
     def _layout(self, shape):
         h, w, _ = shape
@@ -332,17 +329,27 @@ class EtcScheme(Scheme):
         if self.cs and (key.cs_code is None or key.cs_code.shape != (n, nb)):
             raise ValueError("etc with cs=True needs colour-shuffle codes of shape (N, blocks)")
 
-    def _source_index(self, key: EtcKey, a: int, b: int, q: int) -> np.ndarray:
-        """(B, nb*q) intp: block-major source index of every output value of images a..b."""
-        code = key.geometry[a:b].astype(np.intp) * 6
-        if self.cs:
-            code = code + key.cs_code[a:b]
-        src = key.perm[a:b, :, None] * q + _block_table(self.block_size)[code]
-        return src.reshape(b - a, -1)
+    def _plan(self, key: EtcKey):
+        """Output block positions grouped by their (geometry, colour) code, for all images.
 
-    def _mask(self, key: EtcKey, a: int, b: int, q: int) -> np.ndarray:
-        m = np.negative(np.ascontiguousarray(key.negate[a:b]).view(np.uint8))  # True -> 255
-        return np.repeat(m, q, axis=1)
+        Returns ``order`` (flat output positions ``n * nb + j`` sorted by code), ``src`` (the flat
+        input block of each of them) and ``runs`` [(code, start, stop)] into ``order``."""
+        n, nb = key.perm.shape
+        code = key.geometry.astype(np.uint8) * np.uint8(6)
+        if self.cs:
+            code = code + key.cs_code.astype(np.uint8)
+        code = code.reshape(-1)
+        order = np.argsort(code, kind="stable")
+        src = (np.arange(n, dtype=np.intp)[:, None] * nb + key.perm).reshape(-1)[order]
+        counts = np.bincount(code, minlength=48)
+        stops = np.cumsum(counts)
+        runs = [(c, int(stops[c] - counts[c]), int(stops[c])) for c in np.flatnonzero(counts).tolist()]
+        return order, src, runs
+
+    @staticmethod
+    def _rows(blocks: np.ndarray) -> np.ndarray:
+        """(M, q) uint8 -> (M,) of q-byte items, so that a row gather moves whole blocks."""
+        return np.ascontiguousarray(blocks).view(np.dtype((np.void, blocks.shape[1]))).reshape(-1)
 
     def encrypt(self, images: np.ndarray, key: EtcKey) -> np.ndarray:
         x = check_images(images)
@@ -350,12 +357,17 @@ class EtcScheme(Scheme):
         n, h, w, _ = x.shape
         bs = self.block_size
         q = bs * bs * 3
-        blocks = _to_blocks(x, bs).reshape(n, -1)
+        table = _block_table(bs)
+        blocks = _to_blocks(x, bs).reshape(-1, q)
+        order, src, runs = self._plan(key)
+        g = self._rows(blocks)[src].view(np.uint8).reshape(-1, q)  # blocks moved, grouped by code
+        for c, a, b in runs:
+            if c:  # code 0: no rotation, no flip, colour order (R, G, B)
+                g[a:b] = g[a:b][:, table[c]]
         out = np.empty_like(blocks)
-        for a, b in _chunks(n, blocks.shape[1]):
-            out[a:b] = np.take_along_axis(blocks[a:b], self._source_index(key, a, b, q), axis=1)
-            out[a:b] ^= self._mask(key, a, b, q)
-        return _from_blocks(out, h, w, bs)
+        self._rows(out)[order] = self._rows(g)
+        out ^= np.negative(np.ascontiguousarray(key.negate).view(np.uint8)).reshape(-1, 1)
+        return _from_blocks(out.reshape(n, -1, q), h, w, bs)
 
     def decrypt(self, images: np.ndarray, key: EtcKey) -> np.ndarray:
         y = check_images(images)
@@ -363,12 +375,17 @@ class EtcScheme(Scheme):
         n, h, w, _ = y.shape
         bs = self.block_size
         q = bs * bs * 3
-        blocks = _to_blocks(y, bs).reshape(n, -1)
+        inverse = _block_inverse_table(bs)
+        blocks = _to_blocks(y, bs).reshape(-1, q)
+        blocks ^= np.negative(np.ascontiguousarray(key.negate).view(np.uint8)).reshape(-1, 1)
+        order, src, runs = self._plan(key)
+        g = self._rows(blocks)[order].view(np.uint8).reshape(-1, q)
+        for c, a, b in runs:
+            if c:
+                g[a:b] = g[a:b][:, inverse[c]]
         out = np.empty_like(blocks)
-        for a, b in _chunks(n, blocks.shape[1]):
-            np.put_along_axis(out[a:b], self._source_index(key, a, b, q),
-                              blocks[a:b] ^ self._mask(key, a, b, q), axis=1)
-        return _from_blocks(out, h, w, bs)
+        self._rows(out)[src] = self._rows(g)
+        return _from_blocks(out.reshape(n, -1, q), h, w, bs)
 
 
 # --------------------------------------------------------------------------------------------
@@ -422,7 +439,7 @@ class LeScheme(Scheme):
         return {"block_size": self.block_size}
 
     def check_shape(self, shape) -> None:
-        _check_block_shape(shape, self.block_size, self.name)
+        _check_block_shape(shape, self.block_size)
 
     def components(self) -> int:
         """``2d = 6 M^2`` components per block."""
@@ -461,22 +478,28 @@ class LeScheme(Scheme):
                              f"with block size {self.block_size} (needs {want})")
 
     def _apply(self, images: np.ndarray, perm: np.ndarray, flip: np.ndarray, flip_after: bool) -> np.ndarray:
+        """Shuffle (output component j = input component ``perm[j]`` in every block) and reverse.
+
+        Works component-major: ``(N, 2d, nb)``, so that the shuffle moves whole rows of ``nb``
+        values (one component of every block) and costs one row gather per batch."""
         n, h, w, _ = images.shape
-        bs = self.block_size
-        blocks = _to_blocks(images, bs)  # (N, nb, d)
-        d = blocks.shape[2]
-        out = np.empty_like(blocks)
-        fmask = np.negative(np.ascontiguousarray(flip).view(np.uint8)) & 15  # (N, 2d): 15 where flipped
-        for a, b in _chunks(n, 2 * blocks.shape[1] * d):
-            x = blocks[a:b]
-            comp = np.concatenate([x & 15, x >> 4], axis=2)  # (B, nb, 2d)
-            if not flip_after:
-                comp ^= fmask[a:b, None, :]
-            comp = np.take_along_axis(comp, perm[a:b, None, :], axis=2)
-            if flip_after:
-                comp ^= fmask[a:b, None, :]
-            out[a:b] = (comp[:, :, d:] << 4) | comp[:, :, :d]
-        return _from_blocks(out, h, w, bs)
+        m = self.block_size
+        bh, bw = h // m, w // m
+        nb, d = bh * bw, 3 * m * m
+        xs = images.reshape(n, bh, m, bw, m, 3).transpose(0, 2, 4, 5, 1, 3).reshape(n, d, nb)
+        comp = np.empty((n, 2 * d, nb), np.uint8)
+        np.bitwise_and(xs, 15, out=comp[:, :d])
+        np.right_shift(xs, 4, out=comp[:, d:])
+        fmask = (np.negative(np.ascontiguousarray(flip).view(np.uint8)) & 15)[:, :, None]  # 15 where reversed
+        if not flip_after:
+            comp ^= fmask
+        rows = (np.arange(n, dtype=np.intp)[:, None] * (2 * d) + perm).reshape(-1)
+        comp = comp.view(np.dtype((np.void, nb))).reshape(-1)[rows].view(np.uint8).reshape(n, 2 * d, nb)
+        if flip_after:
+            comp ^= fmask
+        merged = (comp[:, d:] << 4) | comp[:, :d]
+        out = merged.reshape(n, m, m, 3, bh, bw).transpose(0, 4, 1, 5, 2, 3)
+        return np.ascontiguousarray(out).reshape(n, h, w, 3)
 
     def encrypt(self, images: np.ndarray, key: LeKey) -> np.ndarray:
         x = check_images(images)

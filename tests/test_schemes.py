@@ -170,12 +170,12 @@ def test_chaos_every_bit_of_key_material_matters():
 def test_block_scheme_keys_use_their_material():
     """Each field of the material layout reaches the ciphertext (no dead key bytes in front)."""
     x = random_images(1, 8, 8)
-    for s, offsets in ((EtcScheme(block_size=4, cs=True), None), (LeScheme(block_size=2), None)):
+    for s in (EtcScheme(block_size=4, cs=True), LeScheme(block_size=2)):
         n = s.key_nbytes(x.shape[1:])
         mat = np.random.default_rng(5).integers(0, 256, (1, n), dtype=np.uint8)
         e = s.encrypt(x, s.keys_from_material(mat, x.shape[1:]))
         if isinstance(s, EtcScheme):
-            nb, off = s._layout(x.shape[1:])
+            _, off = s._layout(x.shape[1:])
             probes = [off[0] + 7, off[1], off[2], off[3]]  # top byte of a word, geometry, NP, first code byte
         else:
             probes = [7, 8 * s.components()]  # top byte of the first word, first flip byte
