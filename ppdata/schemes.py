@@ -467,7 +467,8 @@ class LeScheme(Scheme):
         if _same_rows(stream) and len(indices) > 1:
             k = self.keys_from_material(stream.material(split, indices[:1], nbytes), shape, more)
             n = len(indices)
-            return LeKey(np.broadcast_to(k.perm, (n, k.perm.shape[1])), np.broadcast_to(k.flip, (n, k.flip.shape[1])))
+            return LeKey(np.broadcast_to(k.perm, (n, k.perm.shape[1])),
+                         np.broadcast_to(k.flip, (n, k.flip.shape[1])))
         return self.keys_from_material(stream.material(split, indices, nbytes), shape, more)
 
     def _check_key(self, images, key: LeKey) -> None:

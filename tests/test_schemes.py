@@ -469,3 +469,47 @@ def test_real_96x96_photos(scenes_test_slice):
         k = keys_for(s, x, stream())
         e = s.encrypt(x, k)
         np.testing.assert_array_equal(s.decrypt(e, k), x)
+
+
+# ---------------------------------------------------------------------------------------------
+# what the schemes leak (measured, see docs/schemes.md)
+
+
+def test_etc_keeps_every_block_up_to_a_key_free_invariant(sample_images):
+    """EtC moves blocks but keeps their content: the sorted values of min(p, 255 - p) of a block
+    are the same before and after (rotation, flip, block NP and CS do not change them)."""
+    s = EtcScheme(block_size=4)
+    x = sample_images[:10]
+    k = keys_for(s, x, stream())
+    e = s.encrypt(x, k)
+
+    def block_signatures(img):
+        f = np.minimum(img, 255 - img)
+        blocks = f.reshape(len(img), 8, 4, 8, 4, 3).transpose(0, 1, 3, 2, 4, 5).reshape(len(img), 64, -1)
+        return np.sort(blocks, axis=2)
+
+    plain, enc = block_signatures(x), block_signatures(e)
+    np.testing.assert_array_equal(enc, np.take_along_axis(plain, k.perm[:, :, None], axis=1))
+
+
+def _le_components(images, m=4):
+    n, h, w, _ = images.shape
+    xs = images.reshape(n, h // m, m, w // m, m, 3).transpose(0, 2, 4, 5, 1, 3).reshape(n, 3 * m * m, -1)
+    comp = np.concatenate([xs & 15, xs >> 4], axis=1)  # (n, 2d, blocks)
+    return comp.transpose(1, 0, 2).reshape(6 * m * m, -1).astype(np.int16)
+
+
+def test_le_one_known_image_reveals_a_common_key(sample_images):
+    """Under one key (the setting of the paper), a single known plain/encrypted pair gives the
+    whole LE key: every output component matches exactly one input component, up to reversal."""
+    s = LeScheme()
+    x = sample_images
+    e = s.encrypt(x, keys_for(s, x, stream("same")))
+    ci, co = _le_components(x[:1]), _le_components(e[:1])
+    same = (co[:, None, :] == ci[None, :, :]).all(axis=2)  # (out j, in i)
+    rev = (co[:, None, :] == 15 - ci[None, :, :]).all(axis=2)
+    assert ((same | rev).sum(axis=1) == 1).all()  # no ambiguity on a real 32x32 image
+    perm = np.argmax(same | rev, axis=1)
+    flip = rev[np.arange(96), perm]
+    recovered = LeKey(np.tile(perm, (len(x), 1)), np.tile(flip, (len(x), 1)))
+    np.testing.assert_array_equal(s.decrypt(e[1:], recovered[1:]), x[1:])  # all 99 other images
