@@ -197,7 +197,8 @@ def _check_block_size(block_size) -> int:
 def _to_blocks(x: np.ndarray, b: int) -> np.ndarray:
     """``(N, H, W, 3) -> (N, nb, b*b*3)``: blocks row-major, values in (row, column, channel) order."""
     n, h, w, c = x.shape
-    return x.reshape(n, h // b, b, w // b, b, c).transpose(0, 1, 3, 2, 4, 5).reshape(n, -1, b * b * c)
+    nb = (h // b) * (w // b)
+    return x.reshape(n, h // b, b, w // b, b, c).transpose(0, 1, 3, 2, 4, 5).reshape(n, nb, b * b * c)
 
 
 def _from_blocks(blocks: np.ndarray, h: int, w: int, b: int) -> np.ndarray:
@@ -367,7 +368,7 @@ class EtcScheme(Scheme):
         out = np.empty_like(blocks)
         self._rows(out)[order] = self._rows(g)
         out ^= np.negative(np.ascontiguousarray(key.negate).view(np.uint8)).reshape(-1, 1)
-        return _from_blocks(out.reshape(n, -1, q), h, w, bs)
+        return _from_blocks(out.reshape(n, key.perm.shape[1], q), h, w, bs)
 
     def decrypt(self, images: np.ndarray, key: EtcKey) -> np.ndarray:
         y = check_images(images)
@@ -385,7 +386,7 @@ class EtcScheme(Scheme):
                 g[a:b] = g[a:b][:, inverse[c]]
         out = np.empty_like(blocks)
         self._rows(out)[src] = self._rows(g)
-        return _from_blocks(out.reshape(n, -1, q), h, w, bs)
+        return _from_blocks(out.reshape(n, key.perm.shape[1], q), h, w, bs)
 
 
 # --------------------------------------------------------------------------------------------
@@ -689,9 +690,10 @@ class ChaosScheme(Scheme):
     def _xor(self, images: np.ndarray, key: ChaosKey) -> np.ndarray:
         x = check_images(images)
         n = len(x)
-        if key.keystream.shape != (n, x[0].size):
+        size = int(np.prod(x.shape[1:]))
+        if key.keystream.shape != (n, size):
             raise ValueError(f"chaos keystream of shape {key.keystream.shape} does not fit images {x.shape}")
-        return (x.reshape(n, -1) ^ key.keystream).reshape(x.shape)
+        return (x.reshape(n, size) ^ key.keystream).reshape(x.shape)
 
     def encrypt(self, images: np.ndarray, key: ChaosKey) -> np.ndarray:
         return self._xor(images, key)

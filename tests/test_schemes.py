@@ -126,6 +126,15 @@ def test_indivisible_sizes_are_refused(name, tmp_path):
     assert not (tmp_path / "out" / "manifest.json").exists()
 
 
+def test_empty_batches(sample_images):
+    for name, opts in CASES:
+        s = get_scheme(name, **opts)
+        x = sample_images[:0]
+        for mode in ("independent", "same"):
+            k = keys_for(s, x, stream(mode))
+            assert s.encrypt(x, k).shape == x.shape and s.decrypt(x, k).shape == x.shape
+
+
 def test_key_that_does_not_fit_is_refused(sample_images):
     x = sample_images[:4]
     for name, opts in CASES:
