@@ -10,9 +10,9 @@ setting of the original papers), ``--keys independent`` a fresh key per image.
 =========  ===============================================  ============================================
 scheme     what the original papers specify                 choices made here (faithfulness notes)
 =========  ===============================================  ============================================
-``etc``    Kurihara et al. (PCS 2015; IEICE Trans. 2015),   Block size 4 by default (the size used for
-           Chuman et al.: divide the image into B x B       DNNs in the ICIP 2019 / IEEE Access
-           blocks; (1) permute the blocks with key K1,      comparisons; Kurihara used 16 for JPEG).
+``etc``    Kurihara et al. (PCS 2015; IEICE Trans. 2015),   Block size 4 by default (the size of the
+           Chuman et al.: divide the image into B x B       DNN comparisons, as Tanaka's M = 4; the
+           blocks; (1) permute the blocks with key K1,      JPEG papers use 8 or 16).
            (2) rotate and invert every block with K2,       (2): rotation 0/90/180/270 and inversion
            (3) negative-positive transform of every block   none/horizontal/vertical give only 8
            with a key bit of K3 (p -> p XOR 255),           distinct results (horizontal + vertical =
@@ -52,8 +52,9 @@ scheme     what the original papers specify                 choices made here (f
                                                             component (applied after the shuffle);
                                                             the code's keys are the special case
                                                             ``flip[j] = rev[j] ^ rev[perm[j]]`` (a
-                                                            test checks this against a port of the
-                                                            author's code). Sizes not divisible by M
+                                                            test checks this against the code's
+                                                            algorithm written out block by block).
+                                                            Sizes not divisible by M
                                                             are refused (the code pads by edge
                                                             replication, which is not invertible).
 ``icip``   Sirichotedumrong et al. (ICIP 2019, arXiv        The pixel transform of ``pixel`` (NP of
@@ -99,8 +100,9 @@ Key formats (from the bytes of ``KeyStream.material``; layouts are fixed per sch
 * ``ChaosKey``: ``x0``, ``r`` (N,) float64 and the RC4 ``keystream`` (N, 3HW) uint8. Material:
   12 bytes = 96 bits, big-endian: 52 bits ``m``, 44 bits ``k``; ``x0 = (2m + 1) / 2^53`` in (0, 1)
   and ``r = 4 - (k + 1) 2^-51`` in [4 - 2^-7, 4): every bit changes the key (both are exact
-  float64 values), and the orbit never reaches the fixed points 0 or 3/4. The map is evaluated as
-  ``(r * x) * (1 - x)`` in IEEE float64, so keys are reproducible across machines.
+  float64 values, distinct for distinct bits); ``x0`` is never the fixed point 0 and ``r < 4``
+  keeps the orbit inside [0, 1). The map is evaluated as ``(r * x) * (1 - x)`` in IEEE float64
+  (no fused operations), so keys are reproducible across machines.
 """
 from __future__ import annotations
 
@@ -142,7 +144,7 @@ class KeyExtension:
             self._pos[row] = 0
         a = self._pos[row]
         if a + nbytes > self.pool:
-            raise ValueError("key material exhausted (more rejections than 2^-100 likely)")
+            raise ValueError("key material exhausted: more rejections than planned (astronomically unlikely)")
         self._pos[row] = a + nbytes
         return self._buf[row][a : a + nbytes]
 
