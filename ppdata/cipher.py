@@ -192,11 +192,11 @@ def _apply_cs(out: np.ndarray, codes: np.ndarray, inverse: bool) -> None:
 def _apply_np(images: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """p XOR 255 where mask is True: a new array."""
     out = np.empty_like(images)
+    if len(images) == 0:
+        return out
     flat_in = images.reshape(len(images), -1)
     flat_out = out.reshape(len(images), -1)
     m = mask.reshape(len(mask), -1).view(np.uint8)
-    if len(images) == 0:
-        return out
     step = max(1, _CHUNK_BYTES // flat_in.shape[1])
     for a in range(0, len(images), step):
         b = min(len(images), a + step)
@@ -285,3 +285,7 @@ def fold(images: np.ndarray, cs: bool = False) -> np.ndarray:
     if cs:
         f = np.sort(f, axis=-1)
     return f
+
+
+# the comparison schemes register themselves (etc, le, icip, chaos)
+from . import schemes  # noqa: E402,F401

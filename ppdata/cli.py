@@ -98,9 +98,15 @@ def cli(ctx, quiet):
                    "Without it the keys are thrown away and nobody can decrypt.")
 @click.option("--seed", type=int, help="Reproducible keys FOR EXPERIMENTS ONLY: whoever knows the seed can "
                                        "decrypt; the manifest says so.")
-@click.option("--cs/--no-cs", default=False, show_default=True, help="Add the per-pixel colour shuffle to NP.")
+@click.option("--cs/--no-cs", default=None,
+              help="Colour shuffle: per pixel for pixel/icip (default off: NP only), per block for etc "
+                   "(default on).")
 @click.option("--plain", is_flag=True, help="Write the same layout unencrypted (baselines, plain-Q tests).")
-@click.option("--scheme", default="pixel", show_default=True, help="Encryption scheme (see ppdata.cipher).")
+@click.option("--scheme", default="pixel", show_default=True,
+              help="Encryption scheme: pixel (the paper's), or the compared etc, le, icip, chaos "
+                   "(see docs/schemes.md).")
+@click.option("--block-size", type=click.IntRange(min=1),
+              help="Block size of etc and le (default 4); must divide the image height and width.")
 @click.option("--format", "fmt", type=click.Choice(["webdataset", "hdf5"]), default="webdataset",
               show_default=True)
 @click.option("--shard-size", type=click.IntRange(min=1), default=10000, show_default=True,
@@ -114,8 +120,8 @@ def cli(ctx, quiet):
 @click.option("--batch-size", type=click.IntRange(min=1), default=512, show_default=True)
 @click.pass_obj
 @_errors
-def encrypt(obj, source, path, out, split, key_mode, key_file, keep_keys, seed, cs, plain, scheme, fmt,
-            shard_size, resize, root, download, strict, overwrite, batch_size):
+def encrypt(obj, source, path, out, split, key_mode, key_file, keep_keys, seed, cs, plain, scheme, block_size,
+            fmt, shard_size, resize, root, download, strict, overwrite, batch_size):
     """Encrypt SOURCE into sharded archives, every image under its own key by default.
 
     SOURCE is cifar10, cifar100, stl10 (torchvision, --root/--download), folder PATH (an
@@ -128,6 +134,7 @@ def encrypt(obj, source, path, out, split, key_mode, key_file, keep_keys, seed, 
       ppdata encrypt folder photos.tar.gz --split test --cs --out v/ --keep-keys ~/keys/v.json
       ppdata encrypt sample --keys same --key-file ~/keys/k.json --out same/
       ppdata encrypt sample --plain --out plain/
+      ppdata encrypt sample --scheme etc --block-size 4 --out etc/ --keep-keys ~/keys/etc.json
     """
     from .cipher import get_scheme
     from .keys import Keystore, KeyStream, is_inside, new_secret, secret_from_seed
@@ -136,16 +143,17 @@ def encrypt(obj, source, path, out, split, key_mode, key_file, keep_keys, seed, 
 
     size = _parse_size(resize)
     if plain:
-        for name, v in (("--cs", cs), ("--key-file", key_file), ("--keep-keys", keep_keys), ("--seed", seed is not None)):
+        for name, v in (("--cs", cs), ("--key-file", key_file), ("--keep-keys", keep_keys), ("--seed", seed is not None),
+                        ("--block-size", block_size)):
             if v:
                 raise click.UsageError(f"{name} makes no sense with --plain")
         sch = get_scheme("plain")
         stream, seeded = None, False
     else:
-        try:
-            sch = get_scheme(scheme, cs=cs) if scheme == "pixel" else get_scheme(scheme)
-        except (ValueError, TypeError) as e:
-            raise click.BadParameter(str(e), param_hint="--scheme") from None
+        sch = _make_scheme(scheme, cs=cs, block_size=block_size)
+        if scheme == "icip" and key_mode == "independent":
+            log.info("icip is the common-key method of the ICIP 2019 paper; with --keys independent it is "
+                     "the pixel transform under per-image keys")
         seeded = seed is not None
         if key_mode == "same":
             if not key_file:
@@ -180,11 +188,38 @@ def encrypt(obj, source, path, out, split, key_mode, key_file, keep_keys, seed, 
         log.info("keys were not kept (no --keep-keys): nobody, you included, can decrypt %s", out)
 
 
+def _make_scheme(name: str, **flags):
+    """The scheme ``name`` with the CLI options that were given (None = not given, scheme default)."""
+    import inspect
+
+    from .cipher import SCHEMES, get_scheme
+
+    if name not in SCHEMES or name == "plain":
+        known = ", ".join(sorted(k for k in SCHEMES if k != "plain"))
+        raise click.BadParameter(f"unknown scheme {name!r}; known: {known} (or --plain)", param_hint="--scheme")
+    accepted = inspect.signature(SCHEMES[name]).parameters
+    opts = {}
+    for key, value in flags.items():
+        if value is None:
+            continue
+        if key not in accepted:
+            raise click.UsageError(f"--{key.replace('_', '-')} does not apply to --scheme {name}")
+        opts[key] = value
+    try:
+        return get_scheme(name, **opts)
+    except (ValueError, TypeError) as e:
+        raise click.BadParameter(str(e), param_hint="--scheme") from None
+
+
 def _summary(out, manifest) -> None:
     parts = [f"{sp} {v['count']}" + (f" ({v['skipped']['count']} skipped)" if v["skipped"]["count"] else "")
              for sp, v in manifest["splits"].items()]
     sch = manifest["scheme"]
-    desc = sch["name"] + ("" if sch["name"] != "pixel" else ("+CS" if sch.get("cs") else " NP"))
+    opts = ", ".join(f"{k}={v}" for k, v in sch.items() if k not in ("name", "encrypted"))
+    if sch["name"] == "pixel":
+        desc = "pixel" + ("+CS" if sch.get("cs") else " NP")
+    else:
+        desc = sch["name"] + (f" ({opts})" if opts else "")
     mode = (manifest.get("keys") or {}).get("mode", "no key")
     click.echo(f"{out}: {', '.join(parts)} images, {desc}, {mode} keys, {manifest['format']}")
 
