@@ -34,6 +34,7 @@ test-fast: setup
 
 bench: setup
 	$(PY) bench/encrypt.py
+	$(PY) bench/schemes.py
 
 clean:
 	rm -rf $(DEMO) .pytest_cache build *.egg-info
