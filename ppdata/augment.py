@@ -442,7 +442,7 @@ def augment_folder(
     link: bool = True,
     resident_bytes: int = 384 << 20,
     chunk_bytes: int = 16 << 20,
-    write_batch: int = 8192,
+    write_batch: int = 4096,
     progress: bool = True,
 ) -> dict:
     """Expand ``split`` of shard folder ``directory`` by ``variants`` into ``out``; return the manifest.

@@ -366,10 +366,14 @@ def preview(directory, plain_path, output, split, count, plain_source, root, col
 @click.option("--shard-size", type=click.IntRange(min=1), help="Samples per tar shard (default: the input's).")
 @click.option("--copy", "copy_splits", is_flag=True,
               help="Copy the other splits (default: hard links where possible).")
+@click.option("--memory", type=click.IntRange(min=16), default=384, show_default=True, metavar="MIB",
+              help="Input images held in memory at once (with their mirror images); a larger split goes "
+                   "through temporary buckets in OUT.")
 @click.option("--overwrite", is_flag=True, help="Replace ppdata's files in a non-empty --out.")
 @click.pass_obj
 @_errors
-def augment(obj, directory, out, split, flip, shift, shifts, fill, seed, shard_size, copy_splits, overwrite):
+def augment(obj, directory, out, split, flip, shift, shifts, fill, seed, shard_size, copy_splits, memory,
+            overwrite):
     """Expand the train split of an (encrypted) shard folder by flips and shifts, without any key.
 
     Every image becomes all combinations of the flips and the translations (default x8: 50,000
@@ -394,11 +398,11 @@ def augment(obj, directory, out, split, flip, shift, shifts, fill, seed, shard_s
         log.info("no --out given: writing to %s", out)
     m = augment_folder(directory, out, variants=variants, fill=fill, seed=seed, split=split,
                        shard_size=shard_size, overwrite=overwrite, link=not copy_splits,
-                       progress=not obj.quiet)
+                       resident_bytes=memory << 20, progress=not obj.quiet)
     a = m["augment"]
+    others = [f"{sp} {v['count']} carried over" for sp, v in m["splits"].items() if sp != split]
     click.echo(f"{out}: {split} {a['parent']['count']} -> {m['splits'][split]['count']} ({a['factor']}x: "
-               f"{', '.join(a['variants'])}); "
-               + ", ".join(f"{sp} {v['count']} carried over" for sp, v in m["splits"].items() if sp != split))
+               f"{', '.join(a['variants'])}, fill {a['fill']}, seed {a['seed']})" + "".join(f"; {o}" for o in others))
 
 
 def main() -> None:
