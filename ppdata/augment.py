@@ -48,6 +48,9 @@ from .shards import (MANIFEST, OutputFolder, Samples, ShardSet, _BLOCK, _fast_re
 
 log = logging.getLogger("ppdata")
 
+# schemes whose key acts on every pixel value on its own, so that a flip/shift of the ciphertext
+# is the encryption of the flipped/shifted image under the moved key
+PER_PIXEL_SCHEMES = frozenset({"plain", "pixel", "icip", "chaos"})
 KEY_WIDTH = 96  # bytes kept per sample key in the shuffle buckets (tar names hold at most 95)
 SAMPLE_KEY = "<parent key>_f<0|1>_sx<+dx>_sy<+dy>"
 _VARIANT_RE = re.compile(r"^f([01])_sx([+-]\d+)_sy([+-]\d+)$")
@@ -476,6 +479,12 @@ def augment_folder(
         check_variants(variants, shape)
     except ValueError as e:
         raise PpdataError(str(e)) from None
+    scheme_name = (parent.get("scheme") or {}).get("name")
+    per_pixel = scheme_name in PER_PIXEL_SCHEMES
+    if not per_pixel:
+        log.warning("%s images: flip and shift commute with per-pixel ciphers (%s); for %s the variants are "
+                    "not shown to be encryptions of the plain variants", scheme_name,
+                    ", ".join(sorted(PER_PIXEL_SCHEMES - {"plain"})), scheme_name)
     fmt = parent["format"]
     ss = ShardSet(src, split, parent)
     n = len(ss)
@@ -489,6 +498,7 @@ def augment_folder(
         **describe(variants, fill, "encrypted"),
         "split": split,
         "seed": seed,
+        "per_pixel_scheme": per_pixel,
         "order": {"method": "bucket shuffle", "buckets": int(n_buckets),
                   "uniform": n_buckets == 1},
         "parent": {"id": parent.get("id"), "manifest_sha256": _file_sha256(src / MANIFEST), "count": n,

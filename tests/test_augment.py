@@ -191,6 +191,16 @@ def test_expand_folder_default_x8(enc, plain, tmp_path):
     assert a["parent"]["id"] == parent["id"]
     assert a["parent"]["manifest_sha256"] == sha(src / "manifest.json")
     assert m["keys"] == parent["keys"] and m["scheme"] == parent["scheme"]
+    assert a["per_pixel_scheme"]
+    if m["format"] == "webdataset":  # members <key>.npy / <key>.cls, no dot in the key (WebDataset's rule)
+        import io
+        import tarfile
+
+        with tarfile.open(out / "train-000000.tar") as tf:
+            members = tf.getmembers()[:2]
+            assert [x.name for x in members] == [f"{got.keys[0]}.npy", f"{got.keys[0]}.cls"]
+            assert np.array_equal(np.load(io.BytesIO(tf.extractfile(members[0]).read())), got.images[0])
+        assert not any("." in k for k in got.keys.tolist())
     r = CliRunner().invoke(cli, ["info", str(out), "--verify"])
     assert r.exit_code == 0 and "verify    ok" in r.output and "f1_sx-4_sy-4" in r.output
 
