@@ -44,7 +44,7 @@ from tqdm import tqdm
 from .cipher import PixelKey
 from .errors import PpdataError
 from .shards import (MANIFEST, OutputFolder, Samples, ShardSet, _BLOCK, _fast_records, _pad, make_writer,
-                     new_manifest, npy_header, read_manifest, write_manifest)
+                     new_manifest, npy_header, read_manifest, tar_records, write_manifest)
 
 log = logging.getLogger("ppdata")
 
@@ -526,6 +526,16 @@ def augment_folder(
     return manifest
 
 
+class _RecordSink:
+    """Adapts a ``WebDatasetWriter`` to take prebuilt tar records (``tar_records``)."""
+
+    def __init__(self, writer):
+        self.writer = writer
+
+    def write(self, recs: np.ndarray) -> None:
+        self.writer.write_records(recs)
+
+
 def _records(s: Samples, rec_dtype) -> np.ndarray:
     recs = np.empty(len(s), rec_dtype)
     recs["key"] = np.char.encode(s.keys.astype(str), "ascii")
@@ -577,7 +587,9 @@ def _expand_split(ss: ShardSet, out: Path, variants, fill, seed, shard_size, rec
         # pass 2: per bucket, all n_b * V outputs in a seeded random order
         writer = make_writer(ss.format, out, ss.split, ss.shape, shard_size,
                              attrs={"classes": ss.classes, "scheme": ss.scheme, "augment": entry})
-        worker = writer_thread(writer)
+        # tar: records are built here, written and hashed in the writer thread (balances the two cores)
+        tar = ss.format == "webdataset"
+        worker = writer_thread(_RecordSink(writer) if tar else writer)
         for b in range(n_buckets):
             if buckets is None:
                 keys, labels, images = res_keys, res_labels, res_images
@@ -596,8 +608,11 @@ def _expand_split(ss: ShardSet, out: Path, variants, fill, seed, shard_size, rec
                     if len(rows):
                         src = (flipped if v.flip else images)[idx[rows]]
                         batch[rows] = _shift(src, v.dx, v.dy, fill, np.empty_like(src))
-                names = np.char.add(keys[idx], suffixes[var]).astype(str)
-                worker.put(names, batch, labels[idx])
+                names = np.char.add(keys[idx], suffixes[var])
+                if tar:
+                    worker.put(tar_records(names.astype(str), batch, labels[idx]))
+                else:
+                    worker.put(names.astype(str), batch, labels[idx])
                 written += len(idx)
                 bar.update(len(idx))
             del images, flipped, keys, labels

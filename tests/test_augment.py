@@ -339,3 +339,33 @@ def test_encrypt_augment_bad_spec(tmp_path):
     res = CliRunner().invoke(cli, ["-q", "encrypt", "sample", "--split", "test", "--augment", "flip", "--out",
                                    str(tmp_path / "o")])
     assert res.exit_code == 2 and "train split" in res.output
+
+
+def test_tar_records_from_arrays_and_write_records(tmp_path):
+    """The writer path used here: numpy key arrays into tar_records, records into write_records."""
+    import io
+    import tarfile
+
+    from ppdata.shards import WebDatasetWriter, tar_records
+
+    keys = np.array(["a", "train_000001_f1_sx+4_sy-4", "k" * 95])
+    labels = np.array([0, 12345, -1])
+    images = np.random.default_rng(1).integers(0, 256, (3, 4, 5, 3), dtype=np.uint8)
+    recs = tar_records(keys, images, labels)
+    assert np.array_equal(recs, tar_records(keys.tolist(), images, labels.tolist()))
+    w = WebDatasetWriter(tmp_path, "train", (4, 5, 3), shard_size=2)
+    w.write_records(recs)
+    with pytest.raises(ValueError):
+        w.write_records(recs[:, :-512])
+    shards = w.close()
+    assert [s.count for s in shards] == [2, 1]
+    got = []
+    for s in shards:
+        with tarfile.open(tmp_path / s.name) as tf:
+            for m in tf.getmembers():
+                got.append((m.name, tf.extractfile(m).read()))
+    assert [n for n, _ in got] == [f"{k}.{e}" for k in keys for e in ("npy", "cls")]
+    assert [int(d) for n, d in got if n.endswith(".cls")] == [0, 12345, -1]
+    assert np.array_equal(np.load(io.BytesIO(got[2][1])), images[1])
+    with pytest.raises(ValueError, match="95"):
+        tar_records(np.array(["k" * 96]), images[:1], labels[:1])
