@@ -59,6 +59,17 @@ def data(n: int):
     return images, (np.arange(n) % 10).astype(np.int64)
 
 
+def load() -> str:
+    """Load average and CPU pressure (other tenants of a shared machine show up here)."""
+    text = "load average " + " ".join(f"{v:.1f}" for v in os.getloadavg())
+    try:
+        some = open("/proc/pressure/cpu").readline().split()
+        text += ", CPU pressure " + " ".join(some[1:3])
+    except OSError:
+        pass
+    return text
+
+
 def folder_bytes(d: Path) -> int:
     return sum(p.stat().st_size for p in d.iterdir() if p.is_file() and p.name != "manifest.json")
 
@@ -148,6 +159,7 @@ def main() -> None:
     scratch = Path(tempfile.mkdtemp(prefix="ppdata-bench-", dir=args.tmp))
     n_out = 8 * args.n
     best: dict[str, list] = {}
+    load_before = load()
 
     def keep(name, dt, *extra):
         if name not in best or dt < best[name][0]:
@@ -175,6 +187,7 @@ def main() -> None:
         base = baseline(scratch / "in-webdataset", scratch / "baseline", args.baseline_n)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+    load_after = load()
     limit = best["limit: dd of the same bytes + fsync (ppdata fsyncs each shard)"][0]
     rows = []
     for name, (dt, size, *rest) in best.items():
@@ -190,7 +203,7 @@ def main() -> None:
         f"# Augment benchmark ({time.strftime('%Y-%m-%d')})",
         "",
         f"Machine: {machine()}. ppdata {__version__}. Command: `python bench/augment.py --n {args.n} "
-        f"--repeat {args.repeat}` (best of {args.repeat}).",
+        f"--repeat {args.repeat}` (best of {args.repeat}). Machine load: before: {load_before}; after: {load_after}.",
         f"Input: {args.n:,} encrypted (NP+CS, independent keys) 32x32 real CIFAR-10 images "
         f"({in_bytes / 1e6:,.0f} MB of WebDataset tar); output: {n_out:,} images "
         f"({wsize / 1e6:,.0f} MB of tar), x8 = flip x (+-4, +-4), seeded global shuffle.",
