@@ -24,8 +24,9 @@ Keys of variants
     plain variant on *every* pixel, fill included. Plain domain: copy ``v`` of image ``i`` is
     encrypted under the key of index ``i * V + v`` (V variants, in manifest order).
 Order
-    ``augment_folder`` writes the expanded split in a seeded, uniformly random order over all
-    N * V samples (two-pass bucket shuffle, memory bounded; see ``docs/augment.md``).
+    ``augment_folder`` writes the expanded split in a seeded random order: a uniform permutation
+    of all N * V samples when the split fits in memory (CIFAR-10 does), else per random bucket of
+    input images; memory stays bounded (see ``augment_folder`` and ``docs/augment.md``).
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -51,6 +52,7 @@ log = logging.getLogger("ppdata")
 # schemes whose key acts on every pixel value on its own, so that a flip/shift of the ciphertext
 # is the encryption of the flipped/shifted image under the moved key
 PER_PIXEL_SCHEMES = frozenset({"plain", "pixel", "icip", "chaos"})
+MAX_BUCKETS = 1000  # temporary files open at once
 KEY_WIDTH = 96  # bytes kept per sample key in the shuffle buckets (tar names hold at most 95)
 SAMPLE_KEY = "<parent key>_f<0|1>_sx<+dx>_sy<+dy>"
 _VARIANT_RE = re.compile(r"^f([01])_sx([+-]\d+)_sy([+-]\d+)$")
@@ -493,7 +495,10 @@ def augment_folder(
     rec_dtype = np.dtype([("key", f"S{KEY_WIDTH}"), ("label", "<i8"), ("image", "u1", shape)])
     per_image = rec_dtype.itemsize + (int(np.prod(shape)) if any(v.flip for v in variants) else 0)
     cap = max(1, resident_bytes // per_image)  # input images resident at once
-    n_buckets = 1 if n <= cap else -(-n // int(0.95 * cap))  # ~binomial bucket sizes: keep 5% slack
+    n_buckets = 1 if n <= cap else -(-n // max(1, int(0.95 * cap)))  # ~binomial sizes: keep 5% slack
+    if n_buckets > MAX_BUCKETS:
+        raise PpdataError(f"split {split} of {src} ({n} images) needs {n_buckets} temporary buckets at "
+                          f"--memory {resident_bytes >> 20} MiB (at most {MAX_BUCKETS}); give it more --memory")
     entry = {
         **describe(variants, fill, "encrypted"),
         "split": split,

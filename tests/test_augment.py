@@ -1,7 +1,6 @@
 """Flip/shift expansion: exact variants, key commutation (NP, NP+CS), folder expansion in both
 formats (counts, labels, order, determinism, interruption) and the plain-domain framework."""
 import hashlib
-import json
 import os
 
 import numpy as np
