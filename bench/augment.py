@@ -139,6 +139,19 @@ def dd(dst: Path, nbytes: int, fsync: bool) -> float:
     return dt
 
 
+def sha256_limit(nbytes: int) -> float:
+    """sha256 of the same number of bytes in memory (ppdata's manifest checksums), one core."""
+    import hashlib
+
+    buf = np.random.default_rng(0).integers(0, 256, 64 << 20, dtype=np.uint8)
+    h = hashlib.sha256()
+    t = time.perf_counter()
+    for _ in range(nbytes // buf.nbytes):
+        h.update(buf)
+    h.update(buf[: nbytes % buf.nbytes])
+    return time.perf_counter() - t
+
+
 def cp(src: Path, dst: Path) -> float:
     t = time.perf_counter()
     subprocess.run(["cp", "-r", str(src), str(dst)], check=True)
@@ -182,6 +195,7 @@ def main() -> None:
             keep("limit: dd of the same bytes + fsync (ppdata fsyncs each shard)", dd(scratch / "dd", size, True), size)
             keep("limit: dd of the same bytes (page cache)", dd(scratch / "dd", size, False), size)
             keep("cp -r of our WebDataset output (read + write)", cp(scratch / "out-webdataset", scratch / "cp"), size)
+            keep("sha256 of the same bytes, in memory, one core (the manifest's checksums)", sha256_limit(size), size)
             for fmt in ("webdataset", "hdf5"):
                 shutil.rmtree(scratch / f"out-{fmt}", ignore_errors=True)
         base = baseline(scratch / "in-webdataset", scratch / "baseline", args.baseline_n)
