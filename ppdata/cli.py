@@ -118,10 +118,13 @@ def cli(ctx, quiet):
 @click.option("--strict", is_flag=True, help="Abort on the first unreadable image instead of skipping it.")
 @click.option("--overwrite", is_flag=True, help="Replace ppdata's files in a non-empty --out.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=512, show_default=True)
+@click.option("--augment", "augment_spec", metavar="SPEC",
+              help="Augment the train split in the plain domain before encryption, Enc(f_d(T)), every copy "
+                   "under its own key: flip (x2), shift (x4: +-4, +-4), flip,shift (x8); shift=N, fill=V.")
 @click.pass_obj
 @_errors
 def encrypt(obj, source, path, out, split, key_mode, key_file, keep_keys, seed, cs, plain, scheme, block_size,
-            fmt, shard_size, resize, root, download, strict, overwrite, batch_size):
+            fmt, shard_size, resize, root, download, strict, overwrite, batch_size, augment_spec):
     """Encrypt SOURCE into sharded archives, every image under its own key by default.
 
     SOURCE is cifar10, cifar100, stl10 (torchvision, --root/--download), folder PATH (an
@@ -135,6 +138,7 @@ def encrypt(obj, source, path, out, split, key_mode, key_file, keep_keys, seed, 
       ppdata encrypt sample --keys same --key-file ~/keys/k.json --out same/
       ppdata encrypt sample --plain --out plain/
       ppdata encrypt sample --scheme etc --block-size 4 --out etc/ --keep-keys ~/keys/etc.json
+      ppdata encrypt sample --cs --augment flip,shift --out x8/ --keep-keys ~/keys/x8.json
     """
     from .cipher import get_scheme
     from .keys import Keystore, KeyStream, is_inside, new_secret, secret_from_seed
@@ -178,11 +182,22 @@ def encrypt(obj, source, path, out, split, key_mode, key_file, keep_keys, seed, 
             if key_file:
                 raise click.UsageError("--key-file is for --keys same; use --keep-keys to keep independent keys")
             stream = KeyStream(secret_from_seed(seed) if seeded else new_secret(), "independent")
+    expand, extra = None, None
+    if augment_spec:
+        from .augment import parse_spec, plain_expand, plain_manifest_entry
+
+        try:
+            variants, fill = parse_spec(augment_spec)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--augment") from None
+        expand, extra = plain_expand(variants, fill), {"augment": plain_manifest_entry(variants, fill)}
     src = open_source(source, path, split=split, root=root, download=download, resize=size, strict=strict)
+    if augment_spec and "train" not in src.select_splits(split):
+        raise click.UsageError("--augment expands the train split, which this run does not encrypt")
     manifest = run(src, out, scheme=sch, keys=stream, fmt=fmt, split=split, shard_size=shard_size,
                    overwrite=overwrite, keystore=keep_keys, seeded=seeded, batch_size=batch_size,
                    extra_options={"resize": list(size) if size else None, "strict": strict},
-                   progress=not obj.quiet)
+                   progress=not obj.quiet, **({"expand": expand, "extra_manifest": extra} if expand else {}))
     _summary(out, manifest)
     if not plain and key_mode == "independent" and not keep_keys:
         log.info("keys were not kept (no --keep-keys): nobody, you included, can decrypt %s", out)
@@ -363,6 +378,66 @@ def preview(directory, plain_path, output, split, count, plain_source, root, col
     sheet = grid(images, cols=cols, scale=auto_scale(ss.shape[0]))
     save_png(sheet, output)
     click.echo(f"{output}: {len(shown)} images of {directory} ({split})" + (" beside originals" if plain_source else ""))
+
+
+# ---------------------------------------------------------------------------------------------
+# augment
+
+
+@cli.command()
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--out", "-o", type=click.Path(file_okay=False),
+              help="Output shard folder (default: a sibling named after DIRECTORY, e.g. shards-x8).")
+@click.option("--split", default="train", show_default=True, help="The split to expand; others are carried over.")
+@click.option("--flip/--no-flip", default=True, show_default=True, help="Horizontal flip (x2).")
+@click.option("--shift", type=click.IntRange(min=0), default=4, show_default=True,
+              help="The four translations (+-N, +-N) (x4); 0: no shift.")
+@click.option("--shifts", metavar="DX:DY,...",
+              help="An explicit translation set instead of --shift, e.g. --shifts=0:0,4:0,-4:0 "
+                   "(positive: right / down).")
+@click.option("--fill", type=click.IntRange(0, 255), default=0, show_default=True,
+              help="Value of the pixels a shift vacates.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the global shuffle of the output.")
+@click.option("--shard-size", type=click.IntRange(min=1), help="Samples per tar shard (default: the input's).")
+@click.option("--copy", "copy_splits", is_flag=True,
+              help="Copy the other splits (default: hard links where possible).")
+@click.option("--memory", type=click.IntRange(min=16), default=384, show_default=True, metavar="MIB",
+              help="Input images held in memory at once (with their mirror images); a larger split goes "
+                   "through temporary buckets in OUT.")
+@click.option("--overwrite", is_flag=True, help="Replace ppdata's files in a non-empty --out.")
+@click.pass_obj
+@_errors
+def augment(obj, directory, out, split, flip, shift, shifts, fill, seed, shard_size, copy_splits, memory,
+            overwrite):
+    """Expand the train split of an (encrypted) shard folder by flips and shifts, without any key.
+
+    Every image becomes all combinations of the flips and the translations (default x8: 50,000
+    CIFAR-10 images -> 400,000), written in a seeded random order; other splits are carried over
+    unchanged. Sample keys: <parent key>_f<0|1>_sx<+dx>_sy<+dy>. Shift only: --no-flip (x4);
+    flip only: --shift 0 (x2).
+
+    \b
+    Examples:
+      ppdata augment shards/ --out shards-x8/
+      ppdata augment shards/ --no-flip --out shift-only/
+      ppdata augment shards/ --shift 0 --out flip-only/
+    """
+    from .augment import augment_folder, default_output, parse_shifts, variant_set
+
+    try:
+        variants = variant_set(flip=flip, shift=shift, shifts=parse_shifts(shifts) if shifts else None)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--shifts" if shifts else "--flip/--shift") from None
+    if out is None:
+        out = default_output(directory, len(variants))
+        log.info("no --out given: writing to %s", out)
+    m = augment_folder(directory, out, variants=variants, fill=fill, seed=seed, split=split,
+                       shard_size=shard_size, overwrite=overwrite, link=not copy_splits,
+                       resident_bytes=memory << 20, progress=not obj.quiet)
+    a = m["augment"]
+    others = [f"{sp} {v['count']} carried over" for sp, v in m["splits"].items() if sp != split]
+    click.echo(f"{out}: {split} {a['parent']['count']} -> {m['splits'][split]['count']} ({a['factor']}x: "
+               f"{', '.join(a['variants'])}, fill {a['fill']}, seed {a['seed']})" + "".join(f"; {o}" for o in others))
 
 
 def main() -> None:

@@ -98,13 +98,15 @@ def encrypt(
     batch_size: int = 512,
     expand: Expand = identity_expand,
     extra_options: dict | None = None,
+    extra_manifest: dict | None = None,
     progress: bool = True,
 ) -> dict:
     """Encrypt ``source`` into shard folder ``out``; return the manifest.
 
     keys: the key stream (None for the plain scheme). keystore: where to keep the secret
     (client side; refused inside ``out``), or None to discard it. seeded: the secret came from
-    a seed (recorded in the manifest: such data is not private).
+    a seed (recorded in the manifest: such data is not private). extra_manifest: top-level
+    manifest entries to add (e.g. ``augment`` for plain-domain augmentation, see ``key_indexer``).
     """
     out = Path(out)
     if fmt not in FORMATS:
@@ -125,6 +127,7 @@ def encrypt(
     options = {"shard_size": shard_size, "batch_size": batch_size, **(extra_options or {})}
     manifest = new_manifest(fmt, source=source.describe(), scheme=scheme.describe(), keys=key_info,
                             shape=None, classes=source.classes, options=options)
+    manifest.update(extra_manifest or {})
     if seeded:
         log.warning("keys come from --seed: anybody who knows the seed can decrypt; this data is NOT private")
 
@@ -244,7 +247,15 @@ def decrypt(directory: str | Path, keystore: str | Path, out: str | Path, *, fmt
 
 
 def key_indexer(manifest: dict) -> Callable:
-    """``f(sample_keys, split) -> key indices`` for a manifest's naming scheme."""
+    """``f(sample_keys, split) -> key indices`` for a manifest's naming scheme.
+
+    Folders with an ``augment`` entry name their samples ``<parent key>_<variant>``; see
+    ``ppdata.augment.key_indexer`` (plain domain: copy v of image i has key index i * V + v).
+    """
+    if manifest.get("augment"):
+        from .augment import key_indexer as augment_indexer
+
+        return augment_indexer(manifest["augment"], key_index)
     return key_index
 
 

@@ -106,11 +106,13 @@ def tar_records(keys: Sequence[str], images: np.ndarray, labels: np.ndarray) -> 
     out = np.zeros((B, rec), np.uint8)
     if B == 0:
         return out
-    names = np.array([k.encode("ascii") for k in keys], dtype="S96")
-    if max(len(k) for k in keys) > 95:
+    keys = np.asarray(keys)
+    if keys.dtype.kind not in "US":
+        keys = keys.astype(str)
+    name_len = np.char.str_len(keys).astype(np.int64)
+    if name_len.max() > 95:
         raise ValueError("sample keys must be at most 95 characters")
-    name_bytes = names.view(np.uint8).reshape(B, 96)
-    name_len = np.array([len(k) for k in keys], np.int64)
+    name_bytes = np.ascontiguousarray(keys.astype("S96")).view(np.uint8).reshape(B, 96)  # ASCII only
 
     def headers(suffix: bytes, sizes: np.ndarray) -> np.ndarray:
         h = np.broadcast_to(_TEMPLATE, (B, _BLOCK)).copy()
@@ -131,10 +133,9 @@ def tar_records(keys: Sequence[str], images: np.ndarray, labels: np.ndarray) -> 
     out[:, o : o + len(npy_head)] = np.frombuffer(npy_head, np.uint8)
     out[:, o + len(npy_head) : o + npy_len] = images.reshape(B, -1)
     o += npy_blocks
-    cls_text = [b"%d" % int(v) for v in labels]
-    cls = np.array(cls_text, dtype=f"S{_BLOCK}").view(np.uint8).reshape(B, _BLOCK)
-    out[:, o : o + _BLOCK] = headers(b".cls", np.array([len(c) for c in cls_text], np.int64))
-    out[:, o + _BLOCK : o + 2 * _BLOCK] = cls
+    cls = np.ascontiguousarray(np.asarray(labels).astype(np.int64).astype("S21"))  # decimal text
+    out[:, o : o + _BLOCK] = headers(b".cls", np.char.str_len(cls).astype(np.int64))
+    out[:, o + _BLOCK : o + _BLOCK + 21] = cls.view(np.uint8).reshape(B, 21)
     return out
 
 
@@ -208,7 +209,14 @@ class WebDatasetWriter:
         """Append a batch: keys (B,) str, images (B,H,W,3) uint8, labels (B,) int."""
         if images.shape[1:] != self.shape:
             raise PpdataError(f"image shape {images.shape[1:]} differs from the folder's {self.shape}")
-        recs = tar_records(keys, images, labels)
+        self.write_records(tar_records(keys, images, labels))
+
+    def write_records(self, recs: np.ndarray) -> None:
+        """Append records made by ``tar_records`` for this folder's shape, (B, record) uint8 (so
+        that a caller can build them in another thread than the one that writes and hashes)."""
+        want = 3 * _BLOCK + _pad(len(npy_header(self.shape)) + int(np.prod(self.shape)))
+        if recs.ndim != 2 or recs.shape[1] != want or recs.dtype != np.uint8:
+            raise ValueError(f"records must be (B, {want}) uint8 for images of shape {self.shape}")
         a = 0
         while a < len(recs):
             if self._f is None:
