@@ -35,6 +35,7 @@ test-fast: setup
 bench: setup
 	$(PY) bench/encrypt.py
 	$(PY) bench/schemes.py
+	$(PY) bench/augment.py
 
 clean:
 	rm -rf $(DEMO) .pytest_cache build *.egg-info
