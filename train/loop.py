@@ -359,6 +359,7 @@ def run(cfg: Config, shards_dir: str | os.PathLike, out: str | os.PathLike, eval
     augment = Augment(cfg.flip, cfg.shift, cfg.fill)
 
     # model and optimiser
+    torch.manual_seed(cfg.seed)  # the initial weights (DDP then broadcasts rank 0's)
     net = MODELS[cfg.model](num_classes=len(train.classes), **cfg.model_args)
     model = Classifier(Preprocess(mean, std, cfg.input, sort), net, channels_last).to(proc.device)
     if channels_last:
@@ -503,3 +504,20 @@ def _scheme_text(s: ShardSet) -> str:
     parts = [k.upper() for k in ("np", "cs") if sch.get(k)]
     name = "+".join(parts) if sch.get("name") == "pixel" and parts else sch.get("name", "?")
     return f"{name}, {s.key_mode or '?'} keys"
+
+
+def load_model(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> Classifier:
+    """The trained classifier of a run folder (from its checkpoint), in eval mode.
+
+    Input: NCHW uint8 tensors (``images.permute(0, 3, 1, 2)`` of NHWC shards); output: logits."""
+    path = Path(run_dir) / CHECKPOINT
+    if not path.exists():
+        raise PpdataError(f"{path} does not exist")
+    ck = torch.load(path, map_location="cpu", weights_only=False)
+    cfg = ck["config"]
+    sort = bool(ck["train"]["scheme"].get("cs")) and cfg["input"] == "fold"
+    n_classes = ck["model"]["net.fc.weight"].shape[0]
+    net = MODELS[cfg["model"]](num_classes=n_classes, **cfg["model_args"])
+    model = Classifier(Preprocess(ck["norm"]["mean"], ck["norm"]["std"], cfg["input"], sort), net)
+    model.load_state_dict(ck["model"])
+    return model.to(device).eval()
