@@ -6,6 +6,7 @@ model options; every other option overrides one field of the chosen profile.
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 import time
 from typing import Callable
@@ -26,7 +27,7 @@ _OVERRIDES = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "schedul
 
 
 def make_command(model: str, profiles: dict[str, dict], model_options: dict[str, Callable], doc: str,
-                 default_profile: str = "paper") -> click.Command:
+                 default_profile: str = "paper", model_module: str | None = None) -> click.Command:
     """A Click command training ``model``. ``model_options`` maps a keyword of the model's
     constructor to the click option setting it (given values go into ``Config.model_args``)."""
 
@@ -84,7 +85,9 @@ def make_command(model: str, profiles: dict[str, dict], model_options: dict[str,
                 raise click.UsageError("--out is required under torchrun")
             out = os.path.join("runs", f"{model}-{profile}-{time.strftime('%Y%m%d-%H%M%S')}")
         try:
-            run(cfg, shards, out, list(eval_dirs), device=device, resume=resume, overwrite=overwrite, quiet=quiet)
+            cmd = f"python -m {model_module} {shlex.join(sys.argv[1:])}" if model_module else None
+            run(cfg, shards, out, list(eval_dirs), device=device, resume=resume, overwrite=overwrite, quiet=quiet,
+                command=cmd)
         except PpdataError as e:
             raise click.ClickException(str(e)) from None
         except KeyboardInterrupt:

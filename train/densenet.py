@@ -17,7 +17,7 @@ PROFILES = {
                   schedule="step", milestones=[150, 225], gamma=0.1, amp="off", channels_last=True),
     "fast": dict(epochs=40, batch_size=512, lr=0.4, momentum=0.9, nesterov=True, weight_decay=5e-4,
                  schedule="onecycle", warmup=0.2, label_smoothing=0.1, amp="bf16", channels_last=True,
-                 flip=True, shift=4, checkpoint_every=10),
+                 flip=True, shift=4, eval_every=5, checkpoint_every=10),
     "smoke": dict(epochs=1, batch_size=64, lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-4,
                   schedule="onecycle", warmup=0.3, label_smoothing=0.1, amp="bf16", channels_last=True,
                   flip=True, shift=4, workers=0),
@@ -27,7 +27,7 @@ main = make_command(
     "densenet40", PROFILES,
     {"depth": click.option("--depth", type=click.IntRange(min=7), help="3n+4 (40 in the paper)."),
      "growth": click.option("--growth", type=click.IntRange(min=1), help="Growth rate k (12 in the paper).")},
-    __doc__)
+    __doc__, model_module="train.densenet")
 
 if __name__ == "__main__":
     main()

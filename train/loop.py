@@ -201,6 +201,36 @@ class Classifier(nn.Module):
         return self.net(x)
 
 
+def make_model(cfg: Config, num_classes: int, mean, std, sort: bool, device: torch.device,
+               channels_last: bool = False) -> Classifier:
+    net = MODELS[cfg.model](num_classes=num_classes, **cfg.model_args)
+    model = Classifier(Preprocess(mean, std, cfg.input, sort), net, channels_last).to(device)
+    return model.to(memory_format=torch.channels_last) if channels_last else model
+
+
+def make_optimizer(cfg: Config, model: nn.Module) -> torch.optim.SGD:
+    """SGD with momentum (Nesterov if configured); fused kernels on CUDA."""
+    cuda = next(model.parameters()).device.type == "cuda"
+    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                           weight_decay=cfg.weight_decay, **({"fused": True} if cuda else {}))
+
+
+def train_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, augment: Augment,
+               gen: torch.Generator | None, amp: bool, label_smoothing: float = 0.0):
+    """One SGD step on an NHWC uint8 batch already on the device; returns (loss, logits), detached.
+
+    No host synchronisation: nothing here waits for the device."""
+    if augment.active:
+        x = augment(x, gen)
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+        logits = model(x.permute(0, 3, 1, 2))
+        loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.detach(), logits.detach()
+
+
 # ---------------------------------------------------------------------------------------------
 # evaluation sets
 
@@ -311,8 +341,11 @@ def describe_device(proc: Proc) -> str:
 
 
 def run(cfg: Config, shards_dir: str | os.PathLike, out: str | os.PathLike, eval_dirs: list[str] = (),
-        device: str = "auto", resume: bool = False, overwrite: bool = False, quiet: bool = False) -> dict:
-    """Train ``cfg`` on ``shards_dir`` and write the run folder ``out``; returns the metrics (rank 0)."""
+        device: str = "auto", resume: bool = False, overwrite: bool = False, quiet: bool = False,
+        command: str | None = None) -> dict:
+    """Train ``cfg`` on ``shards_dir`` and write the run folder ``out``; returns the metrics (rank 0).
+
+    ``command``: the command line, recorded in metrics.json."""
     t_start = time.perf_counter()
     cfg.check()
     proc = setup_process(device)
@@ -360,12 +393,9 @@ def run(cfg: Config, shards_dir: str | os.PathLike, out: str | os.PathLike, eval
 
     # model and optimiser
     torch.manual_seed(cfg.seed)  # the initial weights (DDP then broadcasts rank 0's)
-    net = MODELS[cfg.model](num_classes=len(train.classes), **cfg.model_args)
-    model = Classifier(Preprocess(mean, std, cfg.input, sort), net, channels_last).to(proc.device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                          weight_decay=cfg.weight_decay, **({"fused": True} if cuda else {}))
+    model = make_model(cfg, len(train.classes), mean, std, sort, proc.device, channels_last)
+    net = model.net
+    opt = make_optimizer(cfg, model)
     history: list[dict] = []
     start_epoch, prior_seconds = 0, 0.0
     if ck is not None:
@@ -380,7 +410,8 @@ def run(cfg: Config, shards_dir: str | os.PathLike, out: str | os.PathLike, eval
     steps = len(loader)
 
     info = {
-        "model": cfg.model, "params": count_parameters(net), "profile": cfg.profile, "config": cfg.to_json(),
+        "model": cfg.model, "params": count_parameters(net), "profile": cfg.profile, "command": command,
+        "config": cfg.to_json(),
         "device": describe_device(proc), "world_size": proc.world, "torch": torch.__version__,
         "effective": {"amp": "bf16" if amp else "off", "channels_last": channels_last, "data": mode,
                       "steps_per_epoch": steps, "global_batch": cfg.batch_size * proc.world},
@@ -440,16 +471,9 @@ def run(cfg: Config, shards_dir: str | os.PathLike, out: str | os.PathLike, eval
             lr = lr_at(cfg, epoch * steps + i, steps)
             for g in opt.param_groups:
                 g["lr"] = lr
-            if augment.active:
-                x = augment(x, gen)
-            with torch.autocast(proc.device.type, dtype=torch.bfloat16, enabled=amp):
-                logits = step_model(x.permute(0, 3, 1, 2))
-                loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            loss_sum += loss.detach().float() * len(y)
-            correct += (logits.detach().argmax(1) == y).sum()
+            loss, logits = train_step(step_model, opt, x, y, augment, gen, amp, cfg.label_smoothing)
+            loss_sum += loss.float() * len(y)
+            correct += (logits.argmax(1) == y).sum()
             bar.update(1)
         bar.close()
         sums = _all_sum(proc, torch.stack([loss_sum.double(), correct.double()]))

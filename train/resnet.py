@@ -20,7 +20,7 @@ PROFILES = {
                   schedule="step", milestones=[60, 120, 160], gamma=0.2, amp="off", channels_last=True),
     "fast": dict(epochs=40, batch_size=512, lr=0.4, momentum=0.9, nesterov=True, weight_decay=5e-4,
                  schedule="onecycle", warmup=0.2, label_smoothing=0.1, amp="bf16", channels_last=True,
-                 flip=True, shift=4, checkpoint_every=10),
+                 flip=True, shift=4, eval_every=5, checkpoint_every=10),
     "smoke": dict(epochs=1, batch_size=64, lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4,
                   schedule="onecycle", warmup=0.3, label_smoothing=0.1, amp="bf16", channels_last=True,
                   flip=True, shift=4, workers=0),
@@ -30,7 +30,7 @@ main = make_command(
     "resnet18", PROFILES,
     {"width": click.option("--width", type=click.IntRange(min=1),
                            help="Stem width (64 = ResNet-18; smaller for quick experiments).")},
-    __doc__)
+    __doc__, model_module="train.resnet")
 
 if __name__ == "__main__":
     main()
