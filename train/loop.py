@@ -332,12 +332,23 @@ def _check_resume(cfg: Config, ck: dict, train: ShardSet) -> None:
 # the run
 
 
+def cpu_name() -> str:
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def describe_device(proc: Proc) -> str:
     if proc.device.type == "cuda":
         return f"{proc.device} ({torch.cuda.get_device_name(proc.device)})"
-    import platform
-
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    return f"cpu ({cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
 
 
 def run(cfg: Config, shards_dir: str | os.PathLike, out: str | os.PathLike, eval_dirs: list[str] = (),
