@@ -1,0 +1,558 @@
+"""The training loop shared by ``train.resnet`` and ``train.densenet``.
+
+``run(cfg, shards_dir, ...)`` trains on the folder's ``train`` split, evaluates every epoch on
+its ``test`` split (Enc(Q), whatever key mode wrote it) and on each extra evaluation folder
+(plain Q, same-key Enc(Q), ...), and writes into the run folder:
+
+- ``log.csv``: one row per epoch (lr, train loss/accuracy, accuracy per evaluation set, seconds);
+- ``metrics.json``: final and best accuracy per evaluation set, seconds, images/s, the full
+  configuration, every folder's manifest scheme and key mode (rewritten each epoch with
+  ``"complete": false`` until the run ends);
+- ``checkpoint.pt``: model, optimiser, history; ``resume=True`` continues from it.
+
+SGD with momentum; a step schedule (the paper's) or a one-cycle schedule (linear warm-up, then
+linear decay to zero), set per step. On CUDA: bf16 autocast, channels_last, cudnn benchmark, a
+fused optimiser; optional ``torch.compile``. Under ``torchrun`` the model is wrapped in
+DistributedDataParallel (NCCL on CUDA, gloo on CPU); rank 0 writes all files.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from ppdata.errors import PpdataError
+from ppdata.shards import ShardSet, open_shards
+
+from . import data as D
+from .augment import FILLS, Augment
+from .models import DenseNet, ResNet18, count_parameters
+from .preprocess import INPUTS, NORMS, Preprocess, norm_stats
+
+MODELS: dict[str, Callable[..., nn.Module]] = {"resnet18": ResNet18, "densenet40": DenseNet}
+SCHEDULES = ("step", "onecycle")
+AMPS = ("bf16", "off")
+CHECKPOINT, METRICS, LOG = "checkpoint.pt", "metrics.json", "log.csv"
+
+
+@dataclass
+class Config:
+    """Everything that defines a run. Profiles (see ``train.resnet``) are sets of overrides."""
+
+    model: str = "resnet18"
+    model_args: dict = field(default_factory=dict)
+    profile: str = "custom"
+    epochs: int = 1
+    batch_size: int = 128
+    lr: float = 0.1  # peak lr for onecycle
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    schedule: str = "step"
+    milestones: list = field(default_factory=list)  # epochs, for "step"
+    gamma: float = 0.1  # lr factor at each milestone
+    warmup: float = 0.0  # fraction of all steps, for "onecycle"
+    label_smoothing: float = 0.0
+    amp: str = "off"  # CUDA only
+    channels_last: bool = False  # CUDA only
+    compile: bool = False
+    flip: bool = False
+    shift: int = 0
+    fill: str = "zero"
+    input: str = "raw"
+    norm: str = "train"
+    data: str = "auto"
+    workers: int = 4
+    shuffle_buffer: int = 10000
+    seed: int = 0
+    eval_every: int = 1
+    eval_batch_size: int = 1024
+    checkpoint_every: int = 1
+    train_split: str = "train"
+    test_split: str = "test"
+
+    # fields that may differ between a run and its resumption
+    RUNTIME = ("data", "workers", "eval_every", "eval_batch_size", "checkpoint_every", "compile")
+
+    def check(self) -> None:
+        def bad(opt, msg):
+            raise PpdataError(f"{opt}: {msg}")
+
+        if self.model not in MODELS:
+            bad("model", f"unknown {self.model!r}")
+        if self.epochs < 1:
+            bad("--epochs", "must be at least 1")
+        if self.batch_size < 1:
+            bad("--batch-size", "must be at least 1")
+        if self.schedule not in SCHEDULES:
+            bad("--schedule", f"must be one of {SCHEDULES}")
+        if self.amp not in AMPS:
+            bad("--amp", f"must be one of {AMPS}")
+        if self.input not in INPUTS:
+            bad("--input", f"must be one of {INPUTS}")
+        if self.norm not in NORMS:
+            bad("--norm", f"must be one of {NORMS}")
+        if self.fill not in FILLS:
+            bad("--fill", f"must be one of {FILLS}")
+        if self.data not in D.DATA_MODES:
+            bad("--data", f"must be one of {D.DATA_MODES}")
+        if not 0 <= self.warmup < 1:
+            bad("--warmup", "must be in [0, 1)")
+        if self.lr <= 0:
+            bad("--lr", "must be positive")
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def lr_at(cfg: Config, step: int, steps_per_epoch: int) -> float:
+    """Learning rate for optimiser step ``step`` (0-based)."""
+    if cfg.schedule == "step":
+        epoch = step // steps_per_epoch
+        return cfg.lr * cfg.gamma ** sum(epoch >= m for m in cfg.milestones)
+    total = cfg.epochs * steps_per_epoch
+    warm = max(1, round(cfg.warmup * total)) if cfg.warmup else 0
+    if step < warm:
+        return cfg.lr * (step + 1) / warm
+    return cfg.lr * max(0.0, (total - step) / max(1, total - warm))
+
+
+# ---------------------------------------------------------------------------------------------
+# processes and devices
+
+
+@dataclass
+class Proc:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_process(device: str) -> Proc:
+    """Device and (under torchrun) the process group. ``device`` is auto, cpu or cuda."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise PpdataError("--device cuda: no CUDA device is available (use --device cpu)")
+        dev = torch.device("cuda", local)
+        torch.cuda.set_device(dev)
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    elif device == "cpu":
+        dev = torch.device("cpu")
+        if world > 1:
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", world))))
+    else:
+        raise PpdataError(f"--device must be auto, cpu or cuda, not {device!r}")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", rank=rank, world_size=world)
+    return Proc(rank, world, local, dev)
+
+
+def _sync(proc: Proc) -> None:
+    if proc.device.type == "cuda":
+        torch.cuda.synchronize(proc.device)
+
+
+def _all_sum(proc: Proc, t: torch.Tensor) -> torch.Tensor:
+    if proc.world > 1:
+        dist.all_reduce(t)
+    return t
+
+
+# ---------------------------------------------------------------------------------------------
+# the model
+
+
+class Classifier(nn.Module):
+    """``Preprocess`` (fold, normalise) then the network; input NCHW uint8."""
+
+    def __init__(self, pre: Preprocess, net: nn.Module, channels_last: bool = False):
+        super().__init__()
+        self.pre, self.net, self.channels_last = pre, net, channels_last
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pre(x)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.net(x)
+
+
+def make_model(cfg: Config, num_classes: int, mean, std, sort: bool, device: torch.device,
+               channels_last: bool = False) -> Classifier:
+    net = MODELS[cfg.model](num_classes=num_classes, **cfg.model_args)
+    model = Classifier(Preprocess(mean, std, cfg.input, sort), net, channels_last).to(device)
+    return model.to(memory_format=torch.channels_last) if channels_last else model
+
+
+def make_optimizer(cfg: Config, model: nn.Module) -> torch.optim.SGD:
+    """SGD with momentum (Nesterov if configured); fused kernels on CUDA."""
+    cuda = next(model.parameters()).device.type == "cuda"
+    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                           weight_decay=cfg.weight_decay, **({"fused": True} if cuda else {}))
+
+
+def train_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, augment: Augment,
+               gen: torch.Generator | None, amp: bool, label_smoothing: float = 0.0):
+    """One SGD step on an NHWC uint8 batch already on the device; returns (loss, logits), detached.
+
+    No host synchronisation: nothing here waits for the device."""
+    if augment.active:
+        x = augment(x, gen)
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+        logits = model(x.permute(0, 3, 1, 2))
+        loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.detach(), logits.detach()
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluation sets
+
+
+@dataclass
+class EvalSet:
+    name: str
+    shards: ShardSet
+    split: D.Split | None = None
+
+    def describe(self) -> dict:
+        return {"dir": str(self.shards.directory), "split": self.shards.split, "count": len(self.shards),
+                "format": self.shards.format, "scheme": self.shards.scheme, "key_mode": self.shards.key_mode,
+                "manifest_id": self.shards.manifest.get("id")}
+
+
+def eval_sets(train: ShardSet, shards_dir, extra: list[str], split: str) -> list[EvalSet]:
+    """The folder's own test split (if present) and ``NAME=DIR`` / ``DIR`` extra folders."""
+    out: list[EvalSet] = []
+    if split in train.manifest["splits"]:
+        out.append(EvalSet("test", open_shards(shards_dir, split)))
+    names = {"test"}
+    for spec in extra:
+        name, _, d = spec.partition("=") if "=" in spec and "/" not in spec.split("=")[0] else ("", "", spec)
+        name = name or Path(d).name or "eval"
+        base, i = name, 2
+        while name in names:
+            name, i = f"{base}{i}", i + 1
+        names.add(name)
+        s = open_shards(d, split)
+        if s.shape != train.shape:
+            raise PpdataError(f"--eval {d}: images are {s.shape}, the training shards {train.shape}")
+        if len(s.classes) != len(train.classes):
+            raise PpdataError(f"--eval {d}: {len(s.classes)} classes, the training shards {len(train.classes)}")
+        out.append(EvalSet(name, s))
+    return out
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, es: EvalSet, cfg: Config, proc: Proc, amp: bool) -> float:
+    model.eval()
+    correct = torch.zeros((), dtype=torch.int64, device=proc.device)
+    count = torch.zeros((), dtype=torch.int64, device=proc.device)
+    for x, y in D.eval_batches(es.split, cfg.eval_batch_size, proc.rank, proc.world):
+        with torch.autocast(proc.device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = model(x.permute(0, 3, 1, 2))
+        correct += (logits.argmax(1) == y).sum()
+        count += len(y)
+    stats = _all_sum(proc, torch.stack([correct, count]))
+    return stats[0].item() / max(1, stats[1].item())
+
+
+# ---------------------------------------------------------------------------------------------
+# run folder
+
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".part")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _atomic_json(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".part")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def prepare_out(out: Path, resume: bool, overwrite: bool) -> dict | None:
+    """Check the run folder; returns the checkpoint to resume from, if any."""
+    ours = [n for n in (CHECKPOINT, METRICS, LOG) if (out / n).exists()]
+    if out.exists() and not out.is_dir():
+        raise PpdataError(f"--out {out} exists and is not a folder")
+    if resume:
+        if not (out / CHECKPOINT).exists():
+            raise PpdataError(f"--resume: {out / CHECKPOINT} does not exist")
+        try:
+            return torch.load(out / CHECKPOINT, map_location="cpu", weights_only=False)
+        except Exception as e:  # noqa: BLE001
+            raise PpdataError(f"--resume: cannot read {out / CHECKPOINT}: {e}") from None
+    if ours and not overwrite:
+        raise PpdataError(f"--out {out} already holds a run ({', '.join(ours)}); pass --resume to continue it "
+                          f"or --overwrite to start again")
+    return None
+
+
+def _check_resume(cfg: Config, ck: dict, train: ShardSet) -> None:
+    old = ck["config"]
+    for k, v in cfg.to_json().items():
+        if k in Config.RUNTIME or k == "profile" or (k == "epochs" and cfg.schedule == "step"):
+            continue
+        if old.get(k) != v:
+            raise PpdataError(f"--resume: {k} is {v!r} but the checkpoint was trained with {old.get(k)!r}")
+    if ck["train"]["manifest_id"] != train.manifest.get("id"):
+        raise PpdataError(f"--resume: {train.directory} is not the shard folder the checkpoint was trained on")
+
+
+# ---------------------------------------------------------------------------------------------
+# the run
+
+
+def cpu_name() -> str:
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def describe_device(proc: Proc) -> str:
+    if proc.device.type == "cuda":
+        return f"{proc.device} ({torch.cuda.get_device_name(proc.device)})"
+    return f"cpu ({cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+
+
+def run(cfg: Config, shards_dir: str | os.PathLike, out: str | os.PathLike, eval_dirs: list[str] = (),
+        device: str = "auto", resume: bool = False, overwrite: bool = False, quiet: bool = False,
+        command: str | None = None) -> dict:
+    """Train ``cfg`` on ``shards_dir`` and write the run folder ``out``; returns the metrics (rank 0).
+
+    ``command``: the command line, recorded in metrics.json."""
+    t_start = time.perf_counter()
+    cfg.check()
+    proc = setup_process(device)
+    cuda = proc.device.type == "cuda"
+    amp = cuda and cfg.amp == "bf16"
+    channels_last = cuda and cfg.channels_last
+    out = Path(out)
+    say = (lambda *a: None) if (quiet or not proc.main) else (lambda m: tqdm.write(m, file=sys.stderr))
+
+    train = open_shards(shards_dir, cfg.train_split)
+    if not train.classes:
+        raise PpdataError(f"{shards_dir}: the manifest lists no classes")
+    evals = eval_sets(train, shards_dir, list(eval_dirs), cfg.test_split)
+    ck = prepare_out(out, resume, overwrite)
+    if ck is not None:
+        _check_resume(cfg, ck, train)
+    if proc.world > 1:
+        dist.barrier()  # every process has checked the folder before rank 0 writes to it
+    if proc.main:
+        out.mkdir(parents=True, exist_ok=True)
+    sort = bool(train.scheme.get("cs")) and cfg.input == "fold"
+
+    # data
+    t0 = time.perf_counter()
+    mode = D.choose_mode(cfg.data, train, proc.device)
+    if mode == "memory":
+        tsplit = D.load_split(train, proc.device)
+        loader = D.DeviceLoader(tsplit, cfg.batch_size, cfg.seed, proc.rank, proc.world)
+        stat_images = tsplit.images
+    else:
+        loader = D.StreamLoader(train, cfg.batch_size, proc.device, cfg.seed, proc.rank, proc.world,
+                                cfg.workers, cfg.shuffle_buffer)
+        stat_images = None
+    for es in evals:
+        es.split = D.load_split(es.shards, proc.device)
+    if ck is not None:
+        mean, std = ck["norm"]["mean"], ck["norm"]["std"]
+    else:
+        if stat_images is None and cfg.norm == "train":
+            stat_images = D.head_images(train)
+        mean, std = norm_stats(cfg.norm, stat_images, cfg.input, sort)
+    del stat_images
+    load_seconds = time.perf_counter() - t0
+    augment = Augment(cfg.flip, cfg.shift, cfg.fill)
+
+    # model and optimiser
+    torch.manual_seed(cfg.seed)  # the initial weights (DDP then broadcasts rank 0's)
+    model = make_model(cfg, len(train.classes), mean, std, sort, proc.device, channels_last)
+    net = model.net
+    opt = make_optimizer(cfg, model)
+    history: list[dict] = []
+    start_epoch, prior_seconds = 0, 0.0
+    if ck is not None:
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        history, start_epoch, prior_seconds = ck["history"], ck["epoch"], ck["seconds"]
+    step_model = model
+    if proc.world > 1:
+        step_model = nn.parallel.DistributedDataParallel(model, device_ids=[proc.device.index] if cuda else None)
+    if cfg.compile:
+        step_model = torch.compile(step_model)
+    steps = len(loader)
+
+    info = {
+        "model": cfg.model, "params": count_parameters(net), "profile": cfg.profile, "command": command,
+        "config": cfg.to_json(),
+        "device": describe_device(proc), "world_size": proc.world, "torch": torch.__version__,
+        "effective": {"amp": "bf16" if amp else "off", "channels_last": channels_last, "data": mode,
+                      "steps_per_epoch": steps, "global_batch": cfg.batch_size * proc.world},
+        "train": {"dir": str(train.directory), "split": train.split, "count": len(train), "format": train.format,
+                  "scheme": train.scheme, "key_mode": train.key_mode, "manifest_id": train.manifest.get("id")},
+        "input": {"mode": cfg.input, "sort": sort}, "norm": {"mode": cfg.norm, "mean": mean, "std": std},
+        "augment": augment.describe(),
+    }
+    names = [es.name for es in evals]
+    fields = ["epoch", "lr", "train_loss", "train_acc"] + [f"acc_{n}" for n in names] + \
+             ["train_seconds", "images_per_s", "elapsed_seconds"]
+    if proc.main:
+        with open(out / LOG, "w", newline="") as f:
+            w = csv.DictWriter(f, fields)
+            w.writeheader()
+            w.writerows(history)
+    say(f"{cfg.model} ({info['params']:,} parameters), profile {cfg.profile}, {info['device']}"
+        f"{f' x{proc.world}' if proc.world > 1 else ''}; train {len(train):,} images ({train.format}, "
+        f"{_scheme_text(train)}), {mode} loading in {load_seconds:.1f}s; eval on "
+        + ", ".join(f"{es.name} ({len(es.shards):,}, {_scheme_text(es.shards)})" for es in evals)
+        + (f"; resuming after epoch {start_epoch}" if ck is not None else ""))
+
+    def metrics(complete: bool) -> dict:
+        m = dict(info)
+        train_s = sum(h["train_seconds"] for h in history)
+        seen = len(history) * steps * cfg.batch_size * proc.world
+        m.update(complete=complete, epochs_done=len(history),
+                 seconds=prior_seconds + time.perf_counter() - t_start, load_seconds=load_seconds,
+                 train_seconds=train_s, images_per_s=seen / train_s if train_s else None,
+                 final_train_loss=history[-1]["train_loss"] if history else None,
+                 final_train_acc=history[-1]["train_acc"] if history else None)
+        m["eval"] = {}
+        for es in evals:
+            accs = [(h[f"acc_{es.name}"], h["epoch"]) for h in history if h.get(f"acc_{es.name}") != ""]
+            best = max(accs, key=lambda a: a[0]) if accs else (None, None)
+            m["eval"][es.name] = {**es.describe(), "final_acc": accs[-1][0] if accs else None,
+                                  "final_epoch": accs[-1][1] if accs else None,
+                                  "best_acc": best[0], "best_epoch": best[1]}
+        return m
+
+    def save_checkpoint(epoch: int) -> None:
+        _atomic_save({"config": cfg.to_json(), "epoch": epoch, "model": model.state_dict(),
+                      "optimizer": opt.state_dict(), "history": history, "norm": {"mean": mean, "std": std},
+                      "train": info["train"], "seconds": prior_seconds + time.perf_counter() - t_start},
+                     out / CHECKPOINT)
+
+    for epoch in range(start_epoch, cfg.epochs):
+        step_model.train()
+        _sync(proc)
+        t0 = time.perf_counter()
+        loss_sum = torch.zeros((), device=proc.device)
+        correct = torch.zeros((), dtype=torch.int64, device=proc.device)
+        gen = D.generator(proc.device, cfg.seed, epoch, proc.rank, 7)
+        bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, file=sys.stderr,
+                   disable=quiet or not proc.main, mininterval=1.0, unit="batch")
+        for i, (x, y) in enumerate(loader.epoch(epoch)):
+            lr = lr_at(cfg, epoch * steps + i, steps)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            loss, logits = train_step(step_model, opt, x, y, augment, gen, amp, cfg.label_smoothing)
+            loss_sum += loss.float() * len(y)
+            correct += (logits.argmax(1) == y).sum()
+            bar.update(1)
+        bar.close()
+        sums = _all_sum(proc, torch.stack([loss_sum.double(), correct.double()]))
+        _sync(proc)
+        train_s = time.perf_counter() - t0
+        n = steps * cfg.batch_size * proc.world
+        row = {"epoch": epoch + 1, "lr": lr, "train_loss": sums[0].item() / n, "train_acc": sums[1].item() / n,
+               "train_seconds": train_s, "images_per_s": n / train_s}
+        last = epoch + 1 == cfg.epochs
+        for es in evals:
+            do = last or (epoch + 1) % max(1, cfg.eval_every) == 0
+            row[f"acc_{es.name}"] = evaluate(model, es, cfg, proc, amp) if do else ""
+        row["elapsed_seconds"] = prior_seconds + time.perf_counter() - t_start
+        history.append(row)
+        if proc.main:
+            with open(out / LOG, "a", newline="") as f:
+                csv.DictWriter(f, fields).writerow(row)
+            if last or (epoch + 1) % max(1, cfg.checkpoint_every) == 0:
+                save_checkpoint(epoch + 1)
+            _atomic_json(metrics(False), out / METRICS)
+        accs = "  ".join(f"{es.name} {row[f'acc_{es.name}']:.2%}" for es in evals if row[f"acc_{es.name}"] != "")
+        say(f"epoch {epoch + 1:3d}/{cfg.epochs}  loss {row['train_loss']:.4f}  train {row['train_acc']:.2%}  "
+            f"{accs}  lr {lr:.4g}  {train_s:.1f}s ({row['images_per_s']:,.0f} img/s)")
+
+    result = metrics(True)
+    if proc.world > 1:
+        result["ranks_in_sync"] = ranks_in_sync(model, proc)
+    if proc.main:
+        _atomic_json(result, out / METRICS)
+        say(f"done in {result['seconds']:.1f}s: " + ", ".join(
+            f"{k} final {v['final_acc']:.2%} best {v['best_acc']:.2%}" for k, v in result["eval"].items()
+            if v["final_acc"] is not None) + f"; {out / METRICS}")
+    if proc.world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return result
+
+
+def ranks_in_sync(model: nn.Module, proc: Proc) -> bool:
+    """True when every process holds bit-identical parameters (DDP's invariant)."""
+    flat = torch.cat([p.detach().reshape(-1).double() for p in model.parameters()])
+    probe = torch.stack([flat.sum(), (flat * torch.arange(1, len(flat) + 1, device=flat.device)).sum()])
+    everyone = [torch.zeros_like(probe) for _ in range(proc.world)]
+    dist.all_gather(everyone, probe)
+    return all(torch.equal(everyone[0], e) for e in everyone)
+
+
+def _scheme_text(s: ShardSet) -> str:
+    sch = s.scheme or {}
+    if not sch.get("encrypted"):
+        return "plain"
+    parts = [k.upper() for k in ("np", "cs") if sch.get(k)]
+    name = "+".join(parts) if sch.get("name") == "pixel" and parts else sch.get("name", "?")
+    return f"{name}, {s.key_mode or '?'} keys"
+
+
+def load_model(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> Classifier:
+    """The trained classifier of a run folder (from its checkpoint), in eval mode.
+
+    Input: NCHW uint8 tensors (``images.permute(0, 3, 1, 2)`` of NHWC shards); output: logits."""
+    path = Path(run_dir) / CHECKPOINT
+    if not path.exists():
+        raise PpdataError(f"{path} does not exist")
+    ck = torch.load(path, map_location="cpu", weights_only=False)
+    cfg = ck["config"]
+    sort = bool(ck["train"]["scheme"].get("cs")) and cfg["input"] == "fold"
+    n_classes = ck["model"]["net.fc.weight"].shape[0]
+    net = MODELS[cfg["model"]](num_classes=n_classes, **cfg["model_args"])
+    model = Classifier(Preprocess(ck["norm"]["mean"], ck["norm"]["std"], cfg["input"], sort), net)
+    model.load_state_dict(ck["model"])
+    return model.to(device).eval()

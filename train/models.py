@@ -1,0 +1,148 @@
+"""The two networks of the paper, built for 32x32 inputs from torch.nn.
+
+========================  ==========  ===================================================
+model                     parameters  structure
+========================  ==========  ===================================================
+``resnet18`` (He et al.)  11,173,962  3x3 stem (no max-pool), BasicBlocks [2, 2, 2, 2] at
+                                      widths 64/128/256/512, strides 1/2/2/2, 1x1 conv
+                                      projection shortcuts, global average pool, linear
+``densenet40`` (Huang et  1,019,722   DenseNet L=40, k=12 *without* bottleneck or
+al., Table 2: "1.0M")                 compression: 3x3 stem to 16 channels, three dense
+                                      blocks of 12 BN-ReLU-Conv3x3 layers, transitions
+                                      BN-ReLU-Conv1x1-AvgPool2, BN-ReLU, global pool, linear
+========================  ==========  ===================================================
+
+Counts are for 10 classes at the default width. The ResNet-18 count equals torchvision's
+ImageNet ``resnet18`` (11,689,512 with 1000 classes) with its 7x7 stem replaced by a 3x3 one
+and a 10-way head; ``tests/test_train.py`` checks both counts.
+
+Inputs are float (B, 3, H, W) tensors, already normalised (see ``train.preprocess``).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+
+def _init(module: nn.Module) -> None:
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.zeros_(m.bias)
+
+
+# ---------------------------------------------------------------------------------------------
+# ResNet-18 (CIFAR variant)
+
+
+class BasicBlock(nn.Module):
+    """conv3x3-BN-ReLU-conv3x3-BN plus shortcut, then ReLU (He et al., 2016)."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class ResNet18(nn.Module):
+    """CIFAR ResNet-18; ``width`` is the stem width (64 in the paper; smaller for tests)."""
+
+    def __init__(self, num_classes: int = 10, width: int = 64):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+        layers, cin = [], width
+        for i, stride in enumerate((1, 2, 2, 2)):
+            cout = width * 2**i
+            layers.append(nn.Sequential(BasicBlock(cin, cout, stride), BasicBlock(cout, cout, 1)))
+            cin = cout
+        self.layers = nn.Sequential(*layers)
+        self.fc = nn.Linear(cin, num_classes)
+        _init(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layers(self.stem(x))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+# ---------------------------------------------------------------------------------------------
+# DenseNet-40-12 (Huang et al., 2017), the basic (non-bottleneck, non-compressed) variant
+
+
+class DenseLayer(nn.Module):
+    """BN-ReLU-Conv3x3 producing ``growth`` new channels, concatenated to the input."""
+
+    def __init__(self, cin: int, growth: int, dropout: float = 0.0):
+        super().__init__()
+        self.bn = nn.BatchNorm2d(cin)
+        self.conv = nn.Conv2d(cin, growth, 3, 1, 1, bias=False)
+        self.dropout = dropout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv(F.relu(self.bn(x)))
+        if self.dropout:
+            out = F.dropout(out, self.dropout, self.training)
+        return torch.cat([x, out], 1)
+
+
+class Transition(nn.Module):
+    """BN-ReLU-Conv1x1 (channels kept: no compression) then 2x2 average pooling."""
+
+    def __init__(self, cin: int, cout: int, dropout: float = 0.0):
+        super().__init__()
+        self.bn = nn.BatchNorm2d(cin)
+        self.conv = nn.Conv2d(cin, cout, 1, bias=False)
+        self.dropout = dropout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv(F.relu(self.bn(x)))
+        if self.dropout:
+            out = F.dropout(out, self.dropout, self.training)
+        return F.avg_pool2d(out, 2)
+
+
+class DenseNet(nn.Module):
+    """DenseNet for CIFAR: depth ``L`` = 3 * n + 4 (n layers per block), growth rate ``k``.
+
+    ``dropout`` is 0 by default (Huang et al. use 0.2 only when training without augmentation).
+    """
+
+    def __init__(self, num_classes: int = 10, depth: int = 40, growth: int = 12, dropout: float = 0.0):
+        super().__init__()
+        if (depth - 4) % 3:
+            raise ValueError(f"DenseNet depth must be 3n + 4, got {depth}")
+        n = (depth - 4) // 3
+        c = 16  # the basic DenseNet's stem (DenseNet-BC would use 2k)
+        feats: list[nn.Module] = [nn.Conv2d(3, c, 3, 1, 1, bias=False)]
+        for block in range(3):
+            for _ in range(n):
+                feats.append(DenseLayer(c, growth, dropout))
+                c += growth
+            if block < 2:
+                feats.append(Transition(c, c, dropout))
+        feats += [nn.BatchNorm2d(c), nn.ReLU()]
+        self.features = nn.Sequential(*feats)
+        self.fc = nn.Linear(c, num_classes)
+        _init(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.features(x)
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
