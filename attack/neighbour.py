@@ -18,11 +18,14 @@ distances to predictions from already-decided neighbours. Two rules:
                  is L1-optimal by the rearrangement inequality; ties go to the lowest candidate
                  index, the seed's). So the output is exactly ``255 - fold(e, cs)``, and what
                  this rule "recovers" is the fold up to a global transform.
-``extrapolate``  adds, at weight 1/3 each, linear extrapolations ``2 v[n1] - v[n2]`` along the
+``extrapolate``  adds, at weight 2 each, linear extrapolations ``2 v[n1] - v[n2]`` along the
                  four causal lines and the planar prediction ``v[left] + v[up] - v[up-left]``.
-                 Unlike ``nearest`` it can follow a gradient through mid-grey (127.5), where
-                 the true sign changes and the fold bounces back; each decision is local,
-                 though, and a wrong flip spreads to the region behind it.
+                 Unlike ``nearest`` it follows a gradient through mid-grey (127.5), where the
+                 true sign changes and the fold bounces back (it recovers a smooth ramp exactly;
+                 with weight 1 or less the neighbours' values outvote the extrapolation and it
+                 does not). On photographs each decision is local, though, and a flip caused by
+                 noise or texture spreads to the region behind it: on scenes96 it scores below
+                 the plain fold (docs/attack.md).
 
 Order: a wavefront from the top-left seed pixel. Pixel (i, j) is decided at step ``t = 2i + j``;
 every neighbour it reads (left, up, up-left, up-right, and the next pixels on those lines) has a
@@ -47,7 +50,7 @@ _PERMS = np.array(list(itertools.permutations(range(3))), np.int64)  # identity 
 _PAD = 2
 # causal neighbours n1 and the next pixel n2 on the same line, as (di, dj)
 _LINES = [((0, -1), (0, -2)), ((-1, 0), (-2, 0)), ((-1, -1), (-2, -2)), ((-1, 1), (-2, 2))]
-_EXTRAPOLATION_WEIGHT = 1.0 / 3.0
+_EXTRAPOLATION_WEIGHT = 2.0
 
 
 def _predictions(V: np.ndarray, ii: np.ndarray, jj: np.ndarray, rule: str) -> list[tuple[float, np.ndarray]]:
