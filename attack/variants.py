@@ -83,16 +83,17 @@ def ssim_all(rec: np.ndarray, ref: np.ndarray, cs: bool, chunk: int = 32) -> np.
         cxx = np.stack([(_blur(x[..., d] * x[..., e]) - mx[d] * mx[e])[inner].ravel() for d, e in pairs])
         cxy = np.stack([(_blur(x[..., d] * y) - mx[d] * my)[inner].ravel() for d in range(3)])
         vy = (_blur(y * y) - my * my)[inner].ravel()
-        mxs = [m[inner].ravel() for m in mx]
-        my = my[inner].ravel()
-        my2 = my * my + C1
-        vy += C2
-        for t in range(len(ts)):
-            mu = K[t] + U[t, 0] * mxs[0] + U[t, 1] * mxs[1] + U[t, 2] * mxs[2]
-            var = UU[t] @ cxx
-            cov = U[t] @ cxy
-            S = ((2 * mu * my + C1) * (2 * cov + C2)) / ((mu * mu + my2) * (var + vy))
-            out[a : a + b, t] = S.reshape(b, -1).mean(axis=1)
+        f32 = np.float32
+        mxs = np.stack([m[inner].ravel() for m in mx]).astype(f32)  # (3, M)
+        my = my[inner].ravel().astype(f32)
+        den_y = my * my + f32(C1)
+        vy = (vy + C2).astype(f32)
+        mu = (K[:, None] + U @ mxs.astype(np.float64)).astype(f32)  # (T, M): small T x 3 products
+        var = (UU @ cxx).astype(f32)
+        cov = (U @ cxy).astype(f32)
+        num = (2 * mu * my + f32(C1)) * (2 * cov + f32(C2))
+        den = (mu * mu + den_y) * (var + vy)
+        out[a : a + b] = (num / den).reshape(len(ts), b, -1).mean(axis=2, dtype=np.float64).T
     return out
 
 
