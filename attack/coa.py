@@ -58,6 +58,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--train", help="attacker's plain training images (folder source): ImageFolder dir or archive")
     p.add_argument("--test", help="victim's plain test images (folder source)")
     p.add_argument("--root", default="data", help="torchvision root for stl10/cifar10")
+    p.add_argument("--download", action="store_true", help="let torchvision download stl10/cifar10 into --root")
     p.add_argument("--out", default="results/coa", help="output folder (created; existing files are replaced)")
     p.add_argument("--attacks", default="encrypted,fold-raw,fold,neighbour,coa-1x1",
                    help=f"comma-separated, from {','.join(ATTACKS)}")
@@ -102,7 +103,7 @@ def open_sources(a):
         test = a.test or str(data / "test.tar.gz")
         return open_source("folder", train, split="train"), open_source("folder", test, split="test"), \
             {"train": train, "test": test}
-    src = open_source(a.source, None, root=a.root)
+    src = open_source(a.source, None, root=a.root, download=a.download)
     return src, src, {"source": a.source, "root": a.root}
 
 

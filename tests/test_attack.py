@@ -109,7 +109,7 @@ def test_ssim_all_equals_scikit_image_per_transform(sample_images, cs):
     ts = variants.transforms(cs)
     assert got.shape == (6, len(ts)) == (6, 48 if cs else 8)
     want = np.stack([metrics.ssim(x, variants.apply(rec, p, s)) for p, s in ts], axis=1)
-    np.testing.assert_allclose(got, want, atol=1e-10)
+    np.testing.assert_allclose(got, want, atol=1e-6)  # float32 per-transform arithmetic
 
 
 def test_best_undoes_a_global_transform(sample_images):
@@ -254,6 +254,7 @@ def test_unet_candidate_head_stays_between_the_readings(sample_images, cs):
     assert np.isfinite(cfg.log[0]["loss"])
 
 
+@pytest.mark.slow
 def test_coa_experiment_writes_table2_layout(tmp_path):
     from attack.coa import main
 
