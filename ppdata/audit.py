@@ -60,7 +60,6 @@ def audit(directory: str | os.PathLike, plain_source: str, plain_path: str | Non
     """Attack ``split`` (default: test if present) of shard folder ``directory``; see the module
     docstring. ``workers``: processes for the training-free attacks (default: the CPU count, at
     most 4). Returns the metrics record (also written to ``out/metrics.json``)."""
-    from ppdata.cipher import fold
 
     from attack import suite
     from attack.data import plain_for_keys
