@@ -541,11 +541,11 @@ def _write_bucket(worker, tar, keys, labels, images, variants, suffixes, fill, r
             if len(rows):
                 src = (flipped if v.flip else images)[idx[rows]]
                 batch[rows] = _shift(src, v.dx, v.dy, fill, np.empty_like(src))
-        names = np.char.add(keys[idx], suffixes[var]).astype(str)
+        names = np.char.add(keys[idx], suffixes[var])  # ASCII bytes
         if tar:  # records are built here; the writer thread writes and hashes them
             worker.put(tar_records(names, batch, labels[idx]))
         else:
-            worker.put(names, batch, labels[idx])
+            worker.put(names.astype(str), batch, labels[idx])
         bar.update(len(idx))
     return len(perm)
 

@@ -103,7 +103,7 @@ def tar_records(keys: Sequence[str], images: np.ndarray, labels: np.ndarray) -> 
     npy_len = len(npy_head) + int(np.prod(shape))
     npy_blocks = _pad(npy_len)
     rec = _BLOCK + npy_blocks + _BLOCK + _BLOCK
-    out = np.zeros((B, rec), np.uint8)
+    out = np.empty((B, rec), np.uint8)
     if B == 0:
         return out
     keys = np.asarray(keys)
@@ -132,10 +132,12 @@ def tar_records(keys: Sequence[str], images: np.ndarray, labels: np.ndarray) -> 
     o = _BLOCK
     out[:, o : o + len(npy_head)] = np.frombuffer(npy_head, np.uint8)
     out[:, o + len(npy_head) : o + npy_len] = images.reshape(B, -1)
+    out[:, o + npy_len : o + npy_blocks] = 0  # padding
     o += npy_blocks
     cls = np.ascontiguousarray(np.asarray(labels).astype(np.int64).astype("S21"))  # decimal text
     out[:, o : o + _BLOCK] = headers(b".cls", np.char.str_len(cls).astype(np.int64))
     out[:, o + _BLOCK : o + _BLOCK + 21] = cls.view(np.uint8).reshape(B, 21)
+    out[:, o + _BLOCK + 21 :] = 0
     return out
 
 
