@@ -53,3 +53,44 @@ def best_of(fn, reps: int = 3) -> float:
         fn()
         best = min(best, time.perf_counter() - t)
     return best
+
+
+def copy_limits(folder: Path, scratch: Path, reps: int = 3) -> dict[str, float]:
+    """Seconds (best of ``reps``, each after ``sync``) to copy the files of ``folder``:
+
+    ``dd``        user-space read + sequential write of the same bytes (bs=4M), page cache: the
+                  limit for a program that writes this many bytes;
+    ``dd+fsync``  the same, fsync'ed per file (``conv=fsync``): the limit for a durable write;
+    ``cp``        ``cp -r`` (coreutils uses copy_file_range: the kernel copies cached pages
+                  without a trip through user space, which a writer of new data cannot do).
+
+    Copies of real bytes, never of /dev/zero: on virtual machines zero pages can be far cheaper
+    to write than data.
+    """
+    import shutil
+    import subprocess
+
+    files = sorted(p for p in folder.iterdir() if p.is_file())
+    out: dict[str, float] = {}
+
+    def timed(run) -> float:
+        best = float("inf")
+        for i in range(reps):
+            dst = scratch / f"limit-{i}"
+            dst.mkdir(parents=True)
+            os.sync()
+            t = time.perf_counter()
+            run(dst)
+            best = min(best, time.perf_counter() - t)
+            shutil.rmtree(dst)
+        return best
+
+    def dd(dst: Path, fsync: bool) -> None:
+        for f in files:
+            cmd = ["dd", f"if={f}", f"of={dst / f.name}", "bs=4M", "status=none"]
+            subprocess.run(cmd + (["conv=fsync"] if fsync else []), check=True)
+
+    out["dd"] = timed(lambda d: dd(d, False))
+    out["dd+fsync"] = timed(lambda d: dd(d, True))
+    out["cp"] = timed(lambda d: subprocess.run(["cp", "-r", str(folder), str(d / "copy")], check=True))
+    return out
