@@ -105,7 +105,7 @@ def test_tanaka_nibbles_are_the_le_components(sample_images):
     """The block convolution of ``tanaka-nibbles`` sees exactly ppdata's 6-channel LE view."""
     net = TanakaAdapt(4, nibbles=True)
     seen = {}
-    net.block.register_forward_hook(lambda m, inp, out: seen.setdefault("x", inp[0]))
+    net.block.register_forward_hook(lambda m, inp, out: seen.update(x=inp[0]))
     x = torch.from_numpy(sample_images[:4]).permute(0, 3, 1, 2).float()
     net(x)
     want = torch.from_numpy(le_unpack(sample_images[:4])).permute(0, 3, 1, 2).float() * (2 / 15) - 1
