@@ -64,8 +64,9 @@ METRIC_COLUMN = {"test": "acc_enc_q", "plain": "acc_plain_q"}
 
 
 def _layout(fig: Figure, table: list[dict]):
+    order = list(dict.fromkeys(c.series for c in fig.conditions))  # the figure's order, whatever --only kept
     groups = list(dict.fromkeys(r["group"] for r in table))
-    series = list(dict.fromkeys(r["series"] for r in table if r["series"] != "-"))
+    series = sorted({r["series"] for r in table if r["series"] != "-"}, key=order.index)
     cell = {(r["group"], r["series"]): r for r in table}
     return groups, series, cell
 
