@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -32,42 +31,18 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from common import cifar_like, load, machine  # noqa: E402
 from ppdata import __version__  # noqa: E402
 from ppdata.cipher import get_scheme  # noqa: E402
 from ppdata.keys import KeyStream, new_secret  # noqa: E402
 from ppdata.pipeline import encrypt  # noqa: E402
-from ppdata.sources import ArraySource, SampleSource  # noqa: E402
+from ppdata.sources import ArraySource  # noqa: E402
 
 
-def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, numpy {np.__version__}"
 
 
-def data(n: int):
-    base = np.concatenate([b.images for b in SampleSource().batches("train")]
-                          + [b.images for b in SampleSource().batches("test")])
-    reps = -(-n // len(base))
-    images = np.ascontiguousarray(np.tile(base, (reps, 1, 1, 1))[:n])
-    return images, (np.arange(n) % 10).astype(np.int64)
 
 
-def load() -> str:
-    """Load average and CPU pressure (other tenants of a shared machine show up here)."""
-    text = "load average " + " ".join(f"{v:.1f}" for v in os.getloadavg())
-    try:
-        some = open("/proc/pressure/cpu").readline().split()
-        text += ", CPU pressure " + " ".join(some[1:3])
-    except OSError:
-        pass
-    return text
 
 
 def folder_bytes(d: Path) -> int:
@@ -168,7 +143,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     ap.add_argument("--tmp", default=None, help="scratch folder (default: system temp)")
     args = ap.parse_args()
-    images, labels = data(args.n)
+    images, labels = cifar_like(args.n)
     scratch = Path(tempfile.mkdtemp(prefix="ppdata-bench-", dir=args.tmp))
     n_out = 8 * args.n
     best: dict[str, list] = {}

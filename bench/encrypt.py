@@ -16,8 +16,6 @@ Writes a markdown table to ``--out`` and prints it.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -29,40 +27,18 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common import best_of, cifar_like, machine  # noqa: E402
 from ppdata import __version__  # noqa: E402
 from ppdata.cipher import get_scheme  # noqa: E402
 from ppdata.keys import KeyStream, new_secret  # noqa: E402
 from ppdata.pipeline import encrypt  # noqa: E402
-from ppdata.sources import ArraySource, SampleSource  # noqa: E402
+from ppdata.sources import ArraySource  # noqa: E402
 
 
-def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, numpy {np.__version__}"
 
 
-def data(n: int):
-    base = np.concatenate([b.images for b in SampleSource().batches("train")]
-                          + [b.images for b in SampleSource().batches("test")])
-    reps = -(-n // len(base))
-    images = np.ascontiguousarray(np.tile(base, (reps, 1, 1, 1))[:n])
-    return images, (np.arange(n) % 10).astype(np.int64)
 
 
-def best_of(fn, reps=3):
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
 
 
 def bench_cipher(images) -> list[tuple[str, float]]:
@@ -140,7 +116,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     ap.add_argument("--tmp", default=None, help="scratch folder (default: system temp)")
     args = ap.parse_args()
-    images, labels = data(args.n)
+    images, labels = cifar_like(args.n)
     rows = bench_cipher(images)
     scratch = Path(tempfile.mkdtemp(prefix="ppdata-bench-", dir=args.tmp))
     try:

@@ -13,19 +13,17 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common import best_of, cifar_like, machine  # noqa: E402
 from ppdata import __version__  # noqa: E402
 from ppdata.cipher import get_scheme  # noqa: E402
 from ppdata.keys import KeyStream, new_secret  # noqa: E402
-from ppdata.sources import SampleSource  # noqa: E402
 
 CASES = [
     ("pixel", {"cs": False}, "pixel NP (the paper's scheme)"),
@@ -38,31 +36,10 @@ CASES = [
 ]
 
 
-def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, numpy {np.__version__}"
 
 
-def data(n: int) -> np.ndarray:
-    base = np.concatenate([b.images for b in SampleSource().batches("train")]
-                          + [b.images for b in SampleSource().batches("test")])
-    return np.ascontiguousarray(np.tile(base, (-(-n // len(base)), 1, 1, 1))[:n])
 
 
-def best_of(fn, reps: int) -> float:
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
 
 
 def run_case(scheme, images, mode, batch, reps):
@@ -97,7 +74,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     args = ap.parse_args()
     load_before = os.getloadavg()[0]
-    images = data(args.n)
+    images = cifar_like(args.n)[0]
     dst = np.empty_like(images)
     limit = args.n / best_of(lambda: np.copyto(dst, images), 5)
     rows = []

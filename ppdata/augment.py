@@ -44,7 +44,7 @@ from tqdm import tqdm
 
 from .cipher import PixelKey
 from .errors import PpdataError
-from .shards import (MANIFEST, OutputFolder, Samples, ShardSet, _BLOCK, _fast_records, _pad, make_writer,
+from .shards import (MANIFEST, OutputFolder, Samples, ShardSet, _BLOCK, _fast_records, _pad, WriterThread, make_writer,
                      new_manifest, npy_header, read_manifest, tar_records, write_manifest)
 
 log = logging.getLogger("ppdata")
@@ -461,8 +461,6 @@ def augment_folder(
     consecutive segments (one per bucket), images dealt to the segments at random.
     Memory: about ``resident_bytes`` plus a few write batches.
     """
-    from .pipeline import _WriterThread
-
     src = Path(directory)
     parent = read_manifest(src)
     variants = list(variants) if variants is not None else variant_set()
@@ -524,21 +522,32 @@ def augment_folder(
                 carried[sp] = _carry(src / s["name"], out / s["name"], link)
         entry["carried"] = carried
         info = _expand_split(ss, out, variants, fill, seed, shard_size, rec_dtype, n_buckets,
-                             max(1, chunk_bytes // rec_dtype.itemsize), write_batch, entry, progress,
-                             _WriterThread)
+                             max(1, chunk_bytes // rec_dtype.itemsize), write_batch, entry, progress)
         manifest["splits"] = {sp: (info if sp == split else v) for sp, v in parent["splits"].items()}
         write_manifest(out, manifest)
     return manifest
 
 
-class _RecordSink:
-    """Adapts a ``WebDatasetWriter`` to take prebuilt tar records (``tar_records``)."""
-
-    def __init__(self, writer):
-        self.writer = writer
-
-    def write(self, recs: np.ndarray) -> None:
-        self.writer.write_records(recs)
+def _write_bucket(worker, tar, keys, labels, images, variants, suffixes, fill, rng, write_batch, shape, bar) -> int:
+    """Write all len(images) * V variants of one bucket in a random order; returns the count."""
+    V = len(variants)
+    flipped = hflip(images) if any(v.flip for v in variants) else None
+    perm = rng.permutation(len(images) * V)
+    for a in range(0, len(perm), write_batch):
+        idx, var = np.divmod(perm[a : a + write_batch], V)
+        batch = np.empty((len(idx), *shape), np.uint8)
+        for j, v in enumerate(variants):
+            rows = np.flatnonzero(var == j)
+            if len(rows):
+                src = (flipped if v.flip else images)[idx[rows]]
+                batch[rows] = _shift(src, v.dx, v.dy, fill, np.empty_like(src))
+        names = np.char.add(keys[idx], suffixes[var]).astype(str)
+        if tar:  # records are built here; the writer thread writes and hashes them
+            worker.put(tar_records(names, batch, labels[idx]))
+        else:
+            worker.put(names, batch, labels[idx])
+        bar.update(len(idx))
+    return len(perm)
 
 
 def _records(s: Samples, rec_dtype) -> np.ndarray:
@@ -550,7 +559,7 @@ def _records(s: Samples, rec_dtype) -> np.ndarray:
 
 
 def _expand_split(ss: ShardSet, out: Path, variants, fill, seed, shard_size, rec_dtype, n_buckets, chunk,
-                  write_batch, entry, progress, writer_thread) -> dict:
+                  write_batch, entry, progress) -> dict:
     V = len(variants)
     n = len(ss)
     total = n * V
@@ -563,7 +572,6 @@ def _expand_split(ss: ShardSet, out: Path, variants, fill, seed, shard_size, rec
         res_keys = np.empty(n, f"S{KEY_WIDTH}")
         res_labels = np.empty(n, np.int64)
         res_images = np.empty((n, *ss.shape), np.uint8)
-    writer = worker = None
     written = 0
     try:
         # pass 1: read the input; one bucket: keep it; several: deal images to buckets at random
@@ -594,45 +602,19 @@ def _expand_split(ss: ShardSet, out: Path, variants, fill, seed, shard_size, rec
                              attrs={"classes": ss.classes, "scheme": ss.scheme, "augment": entry})
         # tar: records are built here, written and hashed in the writer thread (balances the two cores)
         tar = ss.format == "webdataset"
-        worker = writer_thread(_RecordSink(writer) if tar else writer)
-        for b in range(n_buckets):
-            if buckets is None:
-                keys, labels, images = res_keys, res_labels, res_images
-                del res_keys, res_labels, res_images
-            else:
-                recs = buckets.load(b)
-                keys, labels, images = recs["key"].copy(), recs["label"].copy(), recs["image"].copy()
-                del recs
-            flipped = hflip(images) if any(v.flip for v in variants) else None
-            perm = np.random.default_rng([seed, 1, b]).permutation(len(images) * V)
-            for a in range(0, len(perm), write_batch):
-                idx, var = np.divmod(perm[a : a + write_batch], V)
-                batch = np.empty((len(idx), *ss.shape), np.uint8)
-                for j, v in enumerate(variants):
-                    rows = np.flatnonzero(var == j)
-                    if len(rows):
-                        src = (flipped if v.flip else images)[idx[rows]]
-                        batch[rows] = _shift(src, v.dx, v.dy, fill, np.empty_like(src))
-                names = np.char.add(keys[idx], suffixes[var])
-                if tar:
-                    worker.put(tar_records(names.astype(str), batch, labels[idx]))
+        with WriterThread(writer, "write_records" if tar else "write") as worker:
+            for b in range(n_buckets):
+                if buckets is None:
+                    keys, labels, images = res_keys, res_labels, res_images
+                    del res_keys, res_labels, res_images
                 else:
-                    worker.put(names.astype(str), batch, labels[idx])
-                written += len(idx)
-                bar.update(len(idx))
-            del images, flipped, keys, labels
-        worker.join()
-        worker = None
-        shards = writer.close()
-    except BaseException:
-        if worker is not None:
-            try:
-                worker.join()
-            except BaseException:  # noqa: BLE001
-                pass
-        if writer is not None:
-            writer.abort()
-        raise
+                    recs = buckets.load(b)
+                    keys, labels, images = recs["key"].copy(), recs["label"].copy(), recs["image"].copy()
+                    del recs
+                written += _write_bucket(worker, tar, keys, labels, images, variants, suffixes, fill,
+                                         np.random.default_rng([seed, 1, b]), write_batch, ss.shape, bar)
+                del images, keys, labels
+            shards = worker.finish()
     finally:
         if buckets is not None:
             buckets.close()

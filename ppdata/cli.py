@@ -440,6 +440,51 @@ def augment(obj, directory, out, split, flip, shift, shifts, fill, seed, shard_s
                f"{', '.join(a['variants'])}, fill {a['fill']}, seed {a['seed']})" + "".join(f"; {o}" for o in others))
 
 
+# ---------------------------------------------------------------------------------------------
+# audit
+
+
+@cli.command()
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.argument("plain_path", required=False)
+@click.option("--plain", "plain_source", required=True,
+              type=click.Choice(["cifar10", "cifar100", "stl10", "folder", "sample"]),
+              help="The plain source the shards were made from (folder: give PLAIN_PATH).")
+@click.option("--out", "-o", default="report", show_default=True, type=click.Path(file_okay=False),
+              help="Folder for report.md, metrics.json and grid.png.")
+@click.option("--split", help="Split to attack (default: test if present, else the first).")
+@click.option("--limit", type=click.IntRange(min=1), help="Attack only the first N images of the split.")
+@click.option("--learned", is_flag=True, help="Also train the paper's 1x1 attack and a U-Net (GPU if present; "
+                                              "short runs on CPU).")
+@click.option("--epochs", type=click.IntRange(min=1), help="Epochs of the learned attacks (default: 30 on GPU, 2 on CPU).")
+@click.option("--root", default="data", show_default=True, help="Where torchvision datasets live (--plain).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing report in --out.")
+@click.pass_obj
+@_errors
+def audit(obj, directory, plain_path, plain_source, out, split, limit, learned, epochs, root, overwrite):
+    """Attack an encrypted shard folder and report how much of the images leaks.
+
+    Runs the key-free attacks (fold, neighbour consistency; with --learned also the paper's
+    1x1 attack and a U-Net) on one split, scores every reconstruction against its plain
+    original (SSIM, PSNR) and writes report.md, metrics.json and grid.png. Needs the plain
+    images, never a key: run it on the client before uploading.
+
+    \b
+    Example:
+      ppdata encrypt folder photos.tar.gz --split test --cs --out v/
+      ppdata audit v/ --plain folder photos.tar.gz --out report/
+    """
+    from .audit import audit as run
+
+    record = run(directory, plain_source, plain_path, out=out, split=split, limit=limit, root=root,
+                 learned=learned, epochs=epochs, overwrite=overwrite)
+    best = max((k for k in record["attacks"] if k != "encrypted"),
+               key=lambda k: record["attacks"][k]["summary"]["ssim"]["mean"])
+    s = record["attacks"][best]["summary"]
+    click.echo(f"{out}: report.md, metrics.json, grid.png; strongest attack {best}: mean SSIM "
+               f"{s['ssim']['mean']:.3f}, PSNR {s['psnr']['mean']:.1f} dB over {s['n']} images")
+
+
 def main() -> None:
     cli(prog_name="ppdata")
 

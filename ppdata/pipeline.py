@@ -6,10 +6,9 @@ overlap on two cores). Memory is bounded by a few batches, whatever the dataset 
 """
 from __future__ import annotations
 
+import itertools
 import logging
-import queue
 import re
-import threading
 from pathlib import Path
 from typing import Callable
 
@@ -19,7 +18,7 @@ from tqdm import tqdm
 from .cipher import Scheme, scheme_from_manifest
 from .errors import PpdataError
 from .keys import Keystore, KeyStream, check_writable, is_inside
-from .shards import (FORMATS, OutputFolder, ShardSet, make_writer, new_manifest, read_manifest,
+from .shards import (FORMATS, OutputFolder, ShardSet, WriterThread, make_writer, new_manifest, read_manifest,
                      write_manifest)
 from .sources import Batch, Source, sample_key
 
@@ -48,39 +47,6 @@ def key_index(sample_keys, split: str) -> np.ndarray:
                               f"its key cannot be derived")
         out[i] = int(m.group(2))
     return out
-
-
-class _WriterThread:
-    """Runs ``writer.write`` in a background thread, fed through a bounded queue."""
-
-    def __init__(self, writer, depth: int = 3):
-        self.writer = writer
-        self.q: queue.Queue = queue.Queue(maxsize=depth)
-        self.error: BaseException | None = None
-        self.t = threading.Thread(target=self._run, daemon=True)
-        self.t.start()
-
-    def _run(self):
-        while True:
-            item = self.q.get()
-            if item is None:
-                return
-            if self.error is None:
-                try:
-                    self.writer.write(*item)
-                except BaseException as e:  # noqa: BLE001  (re-raised in the caller's thread)
-                    self.error = e
-
-    def put(self, *item):
-        if self.error is not None:
-            raise self.error
-        self.q.put(item)
-
-    def join(self):
-        self.q.put(None)
-        self.t.join()
-        if self.error is not None:
-            raise self.error
 
 
 def encrypt(
@@ -144,48 +110,36 @@ def encrypt(
 
 
 def _encrypt_split(source, split, out, scheme, keys, fmt, shard_size, batch_size, expand, manifest, progress):
-    writer = None
-    worker = None
     count = 0
     skipped_before = len(source.skipped)
     bar = tqdm(total=source.count(split), desc=f"encrypt {split}", unit="img", disable=not progress,
                leave=False)
     try:
-        for batch in source.batches(split, batch_size):
-            names, images, labels, kidx = expand(batch, split)
-            shape = tuple(images.shape[1:])
-            if writer is None:
-                if manifest["shape"] is None:
-                    try:
-                        scheme.check_shape(shape)
-                    except ValueError as e:
-                        raise PpdataError(f"{scheme.name}: {e}") from None
-                    manifest["shape"] = list(shape)
-                elif tuple(manifest["shape"]) != shape:
-                    raise PpdataError(f"split {split} has images of shape {shape}, others {tuple(manifest['shape'])}")
-                writer = make_writer(fmt, out, split, shape, shard_size,
-                                     attrs={"classes": source.classes, "scheme": scheme.describe()})
-                worker = _WriterThread(writer)
-            if scheme.encrypted:
-                k = scheme.derive_keys(keys, split, kidx, shape)
-                images = scheme.encrypt(images, k)
-            worker.put(names, images, labels)
-            count += len(names)
-            bar.update(len(batch))
-        if worker is None:
+        batches = iter(source.batches(split, batch_size))
+        first = next(batches, None)
+        if first is None:
             raise PpdataError(f"split {split} of {source.name}: no readable images")
-        worker.join()
-        worker = None
-        shards = writer.close()
-    except BaseException:
-        if worker is not None:
+        shape = tuple(first.images.shape[1:])
+        if manifest["shape"] is None:
             try:
-                worker.join()
-            except BaseException:  # noqa: BLE001
-                pass
-        if writer is not None:
-            writer.abort()
-        raise
+                scheme.check_shape(shape)
+            except ValueError as e:
+                raise PpdataError(f"{scheme.name}: {e}") from None
+            manifest["shape"] = list(shape)
+        elif tuple(manifest["shape"]) != shape:
+            raise PpdataError(f"split {split} has images of shape {shape}, others {tuple(manifest['shape'])}")
+        writer = make_writer(fmt, out, split, shape, shard_size,
+                             attrs={"classes": source.classes, "scheme": scheme.describe()})
+        with WriterThread(writer) as worker:
+            for batch in itertools.chain([first], batches):
+                names, images, labels, kidx = expand(batch, split)
+                if scheme.encrypted:
+                    k = scheme.derive_keys(keys, split, kidx, images.shape[1:])
+                    images = scheme.encrypt(images, k)
+                worker.put(names, images, labels)
+                count += len(names)
+                bar.update(len(batch))
+            shards = worker.finish()
     finally:
         bar.close()
     skipped = source.skipped[skipped_before:]

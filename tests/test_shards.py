@@ -111,7 +111,7 @@ def test_manifest_contents_and_no_secret_in_output(tmp_path):
         data = f.read_bytes()
         assert secret not in data and secret.hex().encode() not in data, f
     assert secret.hex() in (tmp_path / "keys.json").read_text()
-    assert sorted(os.listdir(tmp_path / "s")) == ["manifest.json"] + [f"test-000000.tar"] + [
+    assert sorted(os.listdir(tmp_path / "s")) == ["manifest.json", "test-000000.tar"] + [
         f"train-{i:06d}.tar" for i in range(5)]
 
 

@@ -1,0 +1,108 @@
+"""Data plumbing for attacks: plain images by sample key, the attacker's own encryptions.
+
+Images are ``(N, H, W, 3)`` uint8; sample keys are ``<split>_<index:06d>`` (``ppdata.sources``).
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+
+from ppdata.cipher import PixelScheme, get_scheme
+from ppdata.errors import PpdataError
+from ppdata.keys import KeyStream
+from ppdata.pipeline import key_index
+from ppdata.sources import Batch, Source, sample_key
+
+
+class LimitedSource(Source):
+    """The first ``limit`` images of one split of another source, with their real indices."""
+
+    def __init__(self, source: Source, split: str, limit: int | None):
+        super().__init__()
+        self.source, self.split, self.limit = source, split, limit
+        self.name = source.name
+        self.classes = source.classes
+        self.skipped = source.skipped
+
+    def splits(self) -> list[str]:
+        return [self.split]
+
+    def count(self, split: str) -> int | None:
+        n = self.source.count(split)
+        return n if self.limit is None or n is None else min(n, self.limit)
+
+    def describe(self) -> dict:
+        return {**self.source.describe(), "limit": self.limit}
+
+    def batches(self, split: str, batch_size: int = 256) -> Iterator[Batch]:
+        left = self.limit
+        for b in self.source.batches(split, batch_size):
+            if left is not None and len(b) > left:
+                b = Batch(b.images[:left], b.labels[:left], b.index[:left])
+            if len(b):
+                yield b
+            if left is not None:
+                left -= len(b)
+                if left <= 0:
+                    return
+
+
+def read_split(source: Source, split: str, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Images and their source indices of ``split`` (the first ``limit``), in source order."""
+    images, index = [], []
+    for b in LimitedSource(source, split, limit).batches(split, 512):
+        images.append(b.images)
+        index.append(b.index)
+    if not images:
+        raise PpdataError(f"split {split} of source {source.name} holds no readable images")
+    return np.concatenate(images), np.concatenate(index)
+
+
+def plain_for_keys(source: Source, split: str, keys) -> np.ndarray:
+    """The plain originals of samples ``keys`` (``<split>_<index>``) from ``source``, in that order.
+
+    Reads the split once, stopping after the largest wanted index."""
+    idx = key_index(keys, split)
+    want: dict[int, list[int]] = {}
+    for row, i in enumerate(idx):
+        want.setdefault(int(i), []).append(row)
+    out = None
+    found = 0
+    last = int(idx.max()) if len(idx) else -1
+    for b in source.batches(split, 512):
+        for i, img in zip(b.index, b.images):
+            rows = want.get(int(i))
+            if rows is None:
+                continue
+            if out is None:
+                out = np.empty((len(idx), *img.shape), np.uint8)
+            elif img.shape != out.shape[1:]:
+                raise PpdataError(f"{source.name}: image {sample_key(split, int(i))} is {img.shape}, others {out.shape[1:]}")
+            for r in rows:
+                out[r] = img
+            found += len(rows)
+        if found == len(idx) or (len(b.index) and int(b.index.max()) >= last):
+            break
+    if found < len(idx):
+        raise PpdataError(f"only {found} of {len(idx)} originals found in split {split} of {source.name}; "
+                          f"is it the source these shards were made from?")
+    return out
+
+
+def encrypt_as(images: np.ndarray, split: str, indices: np.ndarray, cs: bool, stream: KeyStream) -> np.ndarray:
+    """Encrypt ``images`` with ppdata's pixel cipher (NP, or NP+CS) under ``stream``, each image
+    under the key of its index: what an attacker does with its own plain images."""
+    scheme: PixelScheme = get_scheme("pixel", cs=cs)
+    keys = scheme.derive_keys(stream, split, indices, images.shape[1:])
+    return scheme.encrypt(images, keys)
+
+
+def align_by_key(keys, split: str, images: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """Rows of ``images`` (whose source indices are ``index``) for samples ``keys`` of ``split``."""
+    idx = key_index(keys, split)
+    row = {int(i): r for r, i in enumerate(index)}
+    missing = [k for k, i in zip(keys, idx) if int(i) not in row]
+    if missing:
+        raise PpdataError(f"{len(missing)} sample(s) have no plain original (first: {missing[0]})")
+    return images[[row[int(i)] for i in idx]]
