@@ -90,14 +90,38 @@ def test_dry_run_joins_split_archives(tmp_path, split_archives):
     assert f"ppdata encrypt folder {joined} --plain" in out
 
 
-def test_table2_runs_the_attack_package_or_says_pending(tmp_path):
+def test_table2_runs_the_attack_package_or_says_pending(tmp_path, split_archives):
     out = dry(["table2", "--profile", "smoke", "--data", "sample"], tmp_path)
-    assert "python -m attack.coa" in out and "--source sample" in out
+    assert "python -m attack.coa" in out and "--source sample" in out and "--epochs 1" in out
+    out = dry(["table2", "--profile", "paper", "--data", str(split_archives)], tmp_path)
+    assert f"--source folder --train {split_archives / 'train.tar.gz'} --test {split_archives / 'test.tar.gz'}" in out
+    assert "--epochs" not in out                   # the paper's schedule is attack.coa's default
     if not attack_available():
         assert "PENDING" in out
         r = CliRunner().invoke(main, ["table2", "--data", "sample", "--work", str(tmp_path / "w"),
                                       "--results", str(tmp_path / "r")])
         assert r.exit_code == 1 and "pending" in r.output and not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow  # the attack package's smoke run on the sample: ~6 s alone, more on a busy machine
+@pytest.mark.skipif(not attack_available(), reason="the attack package is not in this checkout")
+def test_table2_smoke_reports_the_attacks_numbers(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "train.experiments", "table2", "--profile", "smoke", "--data", "sample",
+                        "--device", "cpu", "--work", "w", "--results", "res"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rec = json.loads(next((tmp_path / "w" / "attack").glob("coa-smoke-*/metrics.json")).read_text())
+    rows = list(csv.DictReader(open(tmp_path / "res" / "table2.csv")))
+    assert {(x["scheme"], x["keys"], x["attack"]) for x in rows} == {
+        (s, k, a) for s in ("NP", "NP+CS") for k in ("same", "independent") for a in ("encrypted", "fold", "coa-1x1")}
+    for x in rows:
+        s = rec["conditions"][f"{'np' if x['scheme'] == 'NP' else 'npcs'}-{x['keys']}"]["attacks"][x["attack"]]
+        assert float(x["ssim"]) == s["summary"]["ssim"]["mean"] and float(x["psnr"]) == s["summary"]["psnr"]["mean"]
+    md = (tmp_path / "res" / "table2.md").read_text()
+    fold = next(x for x in rows if x["attack"] == "fold" and x["scheme"] == "NP" and x["keys"] == "same")
+    assert f"| NP | {float(fold['ssim']):.3f} |" in md and "Smoke check" in md
+    assert (tmp_path / "res" / "table2.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_bad_options(tmp_path):
@@ -106,6 +130,8 @@ def test_bad_options(tmp_path):
     r = CliRunner().invoke(main, ["fig8b", "--data", "sample", "--only", "zzz", "--dry-run"])
     assert r.exit_code == 1 and "zzz" in r.output and "np-same" in r.output
     r = CliRunner().invoke(main, ["fig8b", "--data", "sample", "--subset", "3,2", "--dry-run"])
+    assert r.exit_code == 1 and "--subset" in r.output
+    r = CliRunner().invoke(main, ["table2", "--data", "sample", "--subset", "3,2", "--dry-run"])
     assert r.exit_code == 1 and "--subset" in r.output
     r = CliRunner().invoke(main, ["fig9", "--dry-run"])
     assert r.exit_code == 2

@@ -275,9 +275,10 @@ class Harness:
             cmd += ["--source", "sample"]
         elif self.data.kind == "split-archives":
             a = {p.name.split(".")[0]: p for p in self.data.archives}
-            cmd += ["--source", "folder", "--train", _rel(a["train"]), "--test", _rel(a["test"])]
             if self.data.subset:
-                cmd += ["--train-limit", str(self.data.subset[0] * 10), "--test-limit", str(self.data.subset[1] * 10)]
+                raise PpdataError("table2: --subset does not apply; limit the attack with "
+                                  "--train-args '--train-limit N --test-limit M'")
+            cmd += ["--source", "folder", "--train", _rel(a["train"]), "--test", _rel(a["test"])]
         elif self.data.kind == "torchvision":
             cmd += ["--source", self.data.spec, "--root", self.data.encrypt_args[-1]]
         else:
