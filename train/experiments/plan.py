@@ -20,6 +20,9 @@ AUGMENTS = {
     "flip+shift": ("flip,shift", (), 8),
     "shift": ("shift", ("--no-flip",), 4),
     "flip": ("flip", ("--shift", "0"), 2),
+    # flip x (the unshifted image and the four diagonal shifts): keeps the key's own alignment in
+    # the training set (encrypted domain only: encrypt --augment takes no explicit shift list)
+    "flip+shift+0": (None, ("--shifts=0:0,4:4,4:-4,-4:4,-4:-4",), 10),
 }
 
 
@@ -43,6 +46,8 @@ class Shards:
             raise ValueError(f"unknown augmentation {self.augment!r}")
         if self.domain not in ("plain", "encrypted"):
             raise ValueError(f"unknown augmentation domain {self.domain!r}")
+        if self.domain == "plain" and self.augment != "none" and AUGMENTS[self.augment][0] is None:
+            raise ValueError(f"augmentation {self.augment!r} exists in the encrypted domain only")
 
     @property
     def factor(self) -> int:
@@ -171,14 +176,14 @@ def _cond_name(fields: dict, adapt: str | None, keys: str) -> str:
     return f"{base}-{keys}"
 
 
-def comparison(model: str, domain: str, published: dict | None = None) -> list[Condition]:
-    """plain + every compared scheme under both key modes, flip+shift x8 in ``domain``."""
-    conds = [Condition("plain", "plain", "-", Run(model, Shards("plain", augment="flip+shift", domain=domain)),
+def comparison(model: str, domain: str, published: dict | None = None, augment: str = "flip+shift") -> list[Condition]:
+    """plain + every compared scheme under both key modes, ``augment`` (flip+shift x8) in ``domain``."""
+    conds = [Condition("plain", "plain", "-", Run(model, Shards("plain", augment=augment, domain=domain)),
                        (published or {}).get("plain"))]
     for label, fields, adapt in COMPARED:
         for keys in KEY_MODES:
             name = _cond_name(fields, adapt, keys)
-            sh = Shards(keys=keys, augment="flip+shift", domain=domain, **fields)
+            sh = Shards(keys=keys, augment=augment, domain=domain, **fields)
             conds.append(Condition(name, label, SERIES[keys], Run(model, sh, adapt), (published or {}).get(name)))
     return conds
 
@@ -199,8 +204,23 @@ def augmentation_types(model: str) -> list[Condition]:
 FIGURE_NAMES = ("fig8a", "fig8b", "fig10", "fig11", "fig12", "table2")
 
 
-def figure(name: str) -> Figure:
-    """The definition of experiment ``name`` (one of ``FIGURE_NAMES``)."""
+UNSHIFTED_NOTE = (" Shift set with the unshifted copy (`ppdata augment --shifts=0:0,4:4,4:-4,-4:4,-4:-4`, x10): "
+                  "under one common key the test images carry the key unmoved, which the default diagonal "
+                  "shifts never show the model.")
+
+
+def figure(name: str, unshifted: bool = False) -> Figure:
+    """The definition of experiment ``name`` (one of ``FIGURE_NAMES``); ``unshifted``: the
+    server-side expansion keeps the unshifted image (fig8b, fig10, fig12 only)."""
+    if unshifted:
+        if name not in ("fig8b", "fig10", "fig12"):
+            raise ValueError(f"--with-unshifted applies to fig8b, fig10 and fig12 (server-side expansion), not {name}")
+        fig = figure(name)
+        fig.conditions = comparison("densenet" if name == "fig12" else "resnet", "encrypted",
+                                    ICIP2019 if name == "fig8b" else None, augment="flip+shift+0")
+        fig.title += ", with the unshifted copy"
+        fig.what += UNSHIFTED_NOTE
+        return fig
     if name == "fig8a":
         return Figure("fig8a", "Fig. 8(a): augmentation in the plain domain, Enc(f_d(T)) (ResNet-18)",
                       "Every training image is flipped and shifted by the client *before* encryption "
@@ -263,7 +283,7 @@ PROFILES = {
     # the paper's schedules (train.resnet / train.densenet --profile paper), on the expanded shards
     "paper": Profile("paper", ("--profile", "paper"), {}),
     # minutes per condition on one GPU: 2M training images seen (40 epochs of 50K), no on-device augmentation
-    "fast": Profile("fast", ("--profile", "fast", "--no-augment"), {}, {1: 40, 2: 20, 4: 10, 8: 5}),
+    "fast": Profile("fast", ("--profile", "fast", "--no-augment"), {}, {1: 40, 2: 20, 4: 10, 8: 5, 10: 4}),
     # seconds per condition on a CPU: tiny networks, one epoch (checks that everything runs)
     "smoke": Profile("smoke", ("--profile", "smoke", "--no-augment"),
                      {"resnet": ("--width", "4"), "densenet": ("--depth", "10", "--growth", "4")}),
