@@ -11,7 +11,6 @@ import sys
 import tarfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
@@ -21,7 +20,7 @@ from ppdata.sources import SampleSource
 
 from train.experiments import report
 from train.experiments.__main__ import main
-from train.experiments.plan import PROFILES, Run, Shards, figure
+from train.experiments.plan import Run, Shards, figure
 from train.experiments.runner import Harness, attack_available
 from train.experiments.source import join_archives, resolve_data
 

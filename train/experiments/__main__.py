@@ -1,7 +1,6 @@
 """``python -m train.experiments NAME [--profile fast|paper|smoke] [--dry-run] [--data D] [--work W]``."""
 from __future__ import annotations
 
-import os
 import shlex
 import sys
 from pathlib import Path
@@ -73,11 +72,8 @@ def main(name, profile, dry_run, data, root, subset, work, results, only, device
     except ValueError as e:
         raise click.UsageError(str(e)) from None
     try:
-        if data is None:
-            data = os.path.join("..", "shared", "data", "scenes96") if fig.kind == "attack" and \
-                not os.environ.get("PPDATA_DATA") else default_data()
-            if fig.kind == "attack" and os.environ.get("PPDATA_DATA"):
-                data = os.path.join(os.environ["PPDATA_DATA"], "scenes96")
+        if data is None:  # CIFAR-10 for the classification experiments, the STL-10 stand-in for the attack
+            data = default_data("scenes96" if fig.kind == "attack" else "cifar10-jpeg")
         work_p, results_p = Path(work), Path(results)
         src = resolve_data(data, work_p, parse_subset(subset), root)
         h = Harness(fig, profile, src, work_p, results_p, shlex.split(train_args), device,
@@ -103,10 +99,8 @@ def main(name, profile, dry_run, data, root, subset, work, results, only, device
 
 
 def _table2(fig, h: Harness, dry_run: bool, report_only: bool, command: str):
-    import subprocess
-
     from . import report
-    from .runner import _child_env, _tee
+    from .runner import _tee
 
     out = h.attack_dir()
     cmd = h.attack_command(out)

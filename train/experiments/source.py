@@ -36,10 +36,10 @@ SPLITS = ("train", "test")
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 
 
-def default_data() -> str:
-    """``$PPDATA_DATA/cifar10-jpeg`` if PPDATA_DATA is set, else ``../shared/data/cifar10-jpeg``."""
+def default_data(name: str = "cifar10-jpeg") -> str:
+    """``$PPDATA_DATA/NAME`` if PPDATA_DATA is set, else ``../shared/data/NAME``."""
     root = os.environ.get("PPDATA_DATA")
-    return str(Path(root) / "cifar10-jpeg") if root else os.path.join("..", "shared", "data", "cifar10-jpeg")
+    return str(Path(root) / name) if root else os.path.join("..", "shared", "data", name)
 
 
 @dataclass
