@@ -15,6 +15,7 @@ import click
 
 from ppdata.errors import PpdataError
 
+from .adapt import ADAPTERS, AUTO
 from .augment import FILLS
 from .data import DATA_MODES
 from .loop import AMPS, SCHEDULES, Config, run
@@ -23,7 +24,7 @@ from .preprocess import INPUTS, NORMS
 # CLI option -> Config field (None values are "not given": the profile's value stays)
 _OVERRIDES = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "schedule", "warmup",
               "label_smoothing", "shift", "fill", "input", "norm", "amp", "channels_last", "compile",
-              "data", "workers", "seed", "eval_every", "checkpoint_every", "nesterov")
+              "data", "workers", "seed", "eval_every", "checkpoint_every", "nesterov", "adapt")
 
 
 def make_command(model: str, profiles: dict[str, dict], model_options: dict[str, Callable], doc: str,
@@ -55,6 +56,10 @@ def make_command(model: str, profiles: dict[str, dict], model_options: dict[str,
     @click.option("--input", type=click.Choice(INPUTS),
                   help="raw: stored pixels; fold: min(e,255-e) per channel, sorted per pixel under CS.")
     @click.option("--norm", type=click.Choice(NORMS), help="train: mean/std of the training shards; half: 127.5/127.5.")
+    @click.option("--adapt", type=click.Choice([AUTO, "none", *ADAPTERS]), is_flag=False, flag_value=AUTO,
+                  metavar="[NAME]", help="Train an adaptation network before the classifier, end to end: the "
+                  "scheme's own (--adapt: icip for icip/pixel, tanaka for le) or NAME (icip, tanaka, "
+                  "tanaka-nibbles, none). See docs/train.md.")
     @click.option("--amp", type=click.Choice(AMPS), help="bf16 autocast (CUDA only).")
     @click.option("--channels-last/--no-channels-last", default=None, help="CUDA only.")
     @click.option("--compile/--no-compile", default=None, help="torch.compile the model.")

@@ -36,6 +36,7 @@ from tqdm import tqdm
 from ppdata.errors import PpdataError
 from ppdata.shards import ShardSet, open_shards
 
+from . import adapt as A
 from . import data as D
 from .augment import FILLS, Augment
 from .models import DenseNet, ResNet18, count_parameters
@@ -73,6 +74,8 @@ class Config:
     fill: str = "zero"
     input: str = "raw"
     norm: str = "train"
+    adapt: str | None = None  # adaptation network (train.adapt): None, "auto" (by scheme) or a name
+    adapt_args: dict = field(default_factory=dict)  # filled from the manifest when the run starts
     data: str = "auto"
     workers: int = 4
     shuffle_buffer: int = 10000
@@ -112,6 +115,8 @@ class Config:
             bad("--warmup", "must be in [0, 1)")
         if self.lr <= 0:
             bad("--lr", "must be positive")
+        if self.adapt not in (None, "none", A.AUTO, *A.ADAPTERS):
+            bad("--adapt", f"must be one of auto, none, {', '.join(A.ADAPTERS)}")
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -187,23 +192,30 @@ def _all_sum(proc: Proc, t: torch.Tensor) -> torch.Tensor:
 
 
 class Classifier(nn.Module):
-    """``Preprocess`` (fold, normalise) then the network; input NCHW uint8."""
+    """``Preprocess`` (fold, normalise), the optional adaptation network, then the network;
+    input NCHW uint8. An adaptation network with ``raw_input`` gets the values before
+    normalisation (see ``train.adapt``)."""
 
-    def __init__(self, pre: Preprocess, net: nn.Module, channels_last: bool = False):
+    def __init__(self, pre: Preprocess, net: nn.Module, channels_last: bool = False, adapt: nn.Module | None = None):
         super().__init__()
         self.pre, self.net, self.channels_last = pre, net, channels_last
+        self.adapt = adapt
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.pre(x)
+        raw = self.adapt is not None and getattr(self.adapt, "raw_input", False)
+        x = self.pre.transform(x) if raw else self.pre(x)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        if self.adapt is not None:
+            x = self.adapt(x)
         return self.net(x)
 
 
 def make_model(cfg: Config, num_classes: int, mean, std, sort: bool, device: torch.device,
                channels_last: bool = False) -> Classifier:
     net = MODELS[cfg.model](num_classes=num_classes, **cfg.model_args)
-    model = Classifier(Preprocess(mean, std, cfg.input, sort), net, channels_last).to(device)
+    adapt = A.build(cfg.adapt, cfg.adapt_args) if cfg.adapt not in (None, "none") else None
+    model = Classifier(Preprocess(mean, std, cfg.input, sort), net, channels_last, adapt).to(device)
     return model.to(memory_format=torch.channels_last) if channels_last else model
 
 
@@ -317,7 +329,7 @@ def prepare_out(out: Path, resume: bool, overwrite: bool) -> dict | None:
 
 
 def _check_resume(cfg: Config, ck: dict, train: ShardSet) -> None:
-    old = ck["config"]
+    old = {**Config().to_json(), **ck["config"]}  # fields added since take their defaults
     for k, v in cfg.to_json().items():
         if k in Config.RUNTIME or k == "profile" or (k == "epochs" and cfg.schedule == "step"):
             continue
@@ -368,6 +380,11 @@ def run(cfg: Config, shards_dir: str | os.PathLike, out: str | os.PathLike, eval
     train = open_shards(shards_dir, cfg.train_split)
     if not train.classes:
         raise PpdataError(f"{shards_dir}: the manifest lists no classes")
+    if cfg.adapt == A.AUTO or (cfg.adapt not in (None, "none") and not cfg.adapt_args):
+        try:
+            cfg.adapt, cfg.adapt_args = A.resolve(cfg.adapt, train.scheme)
+        except ValueError as e:
+            raise PpdataError(f"{e} ({shards_dir})") from None
     evals = eval_sets(train, shards_dir, list(eval_dirs), cfg.test_split)
     ck = prepare_out(out, resume, overwrite)
     if ck is not None:
@@ -428,6 +445,8 @@ def run(cfg: Config, shards_dir: str | os.PathLike, out: str | os.PathLike, eval
         "train": {"dir": str(train.directory), "split": train.split, "count": len(train), "format": train.format,
                   "scheme": train.scheme, "key_mode": train.key_mode, "manifest_id": train.manifest.get("id")},
         "input": {"mode": cfg.input, "sort": sort}, "norm": {"mode": cfg.norm, "mean": mean, "std": std},
+        "adapt": ({"name": cfg.adapt, "args": cfg.adapt_args, "params": count_parameters(model.adapt)}
+                  if model.adapt is not None else None),
         "augment": augment.describe(),
     }
     names = [es.name for es in evals]
@@ -438,7 +457,8 @@ def run(cfg: Config, shards_dir: str | os.PathLike, out: str | os.PathLike, eval
             w = csv.DictWriter(f, fields)
             w.writeheader()
             w.writerows(history)
-    say(f"{cfg.model} ({info['params']:,} parameters), profile {cfg.profile}, {info['device']}"
+    adapt_text = f" behind adaptation network {cfg.adapt} ({info['adapt']['params']:,})" if info["adapt"] else ""
+    say(f"{cfg.model} ({info['params']:,} parameters){adapt_text}, profile {cfg.profile}, {info['device']}"
         f"{f' x{proc.world}' if proc.world > 1 else ''}; train {len(train):,} images ({train.format}, "
         f"{_scheme_text(train)}), {mode} loading in {load_seconds:.1f}s; eval on "
         + ", ".join(f"{es.name} ({len(es.shards):,}, {_scheme_text(es.shards)})" for es in evals)
@@ -552,6 +572,7 @@ def load_model(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -
     sort = bool(ck["train"]["scheme"].get("cs")) and cfg["input"] == "fold"
     n_classes = ck["model"]["net.fc.weight"].shape[0]
     net = MODELS[cfg["model"]](num_classes=n_classes, **cfg["model_args"])
-    model = Classifier(Preprocess(ck["norm"]["mean"], ck["norm"]["std"], cfg["input"], sort), net)
+    adapt = A.build(cfg["adapt"], cfg.get("adapt_args") or {}) if cfg.get("adapt") not in (None, "none") else None
+    model = Classifier(Preprocess(ck["norm"]["mean"], ck["norm"]["std"], cfg["input"], sort), net, adapt=adapt)
     model.load_state_dict(ck["model"])
     return model.to(device).eval()

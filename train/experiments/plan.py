@@ -1,0 +1,298 @@
+"""What each experiment runs: shard folders (ppdata commands), training runs, conditions.
+
+Everything here is a frozen description; ``runner`` turns it into paths (content-keyed under
+``--work``) and commands. A shard folder is a ``ppdata encrypt`` (optionally with ``--augment``,
+the plain-domain framework) and optionally a ``ppdata augment`` of it (the encrypted-domain
+framework). A run is one ``python -m train.resnet|densenet`` on a shard folder, evaluated on its
+test split (Enc(Q)) and on plain Q.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+SCHEMES = ("plain", "pixel", "icip", "le", "etc", "chaos")
+KEY_MODES = ("same", "independent")
+MODELS = {"resnet": "train.resnet", "densenet": "train.densenet"}
+
+# augmentation of the training split: name -> (ppdata encrypt --augment SPEC, ppdata augment options, factor)
+AUGMENTS = {
+    "none": (None, None, 1),
+    "flip+shift": ("flip,shift", (), 8),
+    "shift": ("shift", ("--no-flip",), 4),
+    "flip": ("flip", ("--shift", "0"), 2),
+    # flip x (the unshifted image and the four diagonal shifts): keeps the key's own alignment in
+    # the training set (encrypted domain only: encrypt --augment takes no explicit shift list)
+    "flip+shift+0": (None, ("--shifts=0:0,4:4,4:-4,-4:4,-4:-4",), 10),
+}
+
+
+@dataclass(frozen=True)
+class Shards:
+    """A shard folder. ``domain``: where ``augment`` happens, "plain" (``ppdata encrypt --augment``,
+    every copy under its own key) or "encrypted" (``ppdata augment`` of the encrypted folder)."""
+
+    scheme: str = "plain"
+    cs: bool = False
+    keys: str = "independent"
+    augment: str = "none"
+    domain: str = "encrypted"
+
+    def __post_init__(self):
+        if self.scheme not in SCHEMES:
+            raise ValueError(f"unknown scheme {self.scheme!r}")
+        if self.keys not in KEY_MODES:
+            raise ValueError(f"unknown key mode {self.keys!r}")
+        if self.augment not in AUGMENTS:
+            raise ValueError(f"unknown augmentation {self.augment!r}")
+        if self.domain not in ("plain", "encrypted"):
+            raise ValueError(f"unknown augmentation domain {self.domain!r}")
+        if self.domain == "plain" and self.augment != "none" and AUGMENTS[self.augment][0] is None:
+            raise ValueError(f"augmentation {self.augment!r} exists in the encrypted domain only")
+
+    @property
+    def factor(self) -> int:
+        return AUGMENTS[self.augment][2]
+
+    @property
+    def expanded_by_server(self) -> bool:
+        return self.augment != "none" and self.domain == "encrypted"
+
+    def parent(self) -> "Shards":
+        """The folder ``ppdata augment`` expands (only when ``expanded_by_server``)."""
+        return Shards(self.scheme, self.cs, self.keys, "none", "encrypted")
+
+    def canonical(self) -> dict:
+        """The fields that define the content (plain: no keys, no CS)."""
+        d = asdict(self)
+        if self.scheme == "plain":
+            d.update(cs=False, keys=None)
+        if self.augment == "none":
+            d["domain"] = None
+        return d
+
+    @property
+    def slug(self) -> str:
+        s = self.scheme
+        if self.scheme in ("pixel", "icip"):
+            s += "-npcs" if self.cs else "-np"
+        if self.scheme != "plain":
+            s += "-" + self.keys
+        if self.augment != "none":
+            s += f"-{self.augment.replace('+', '')}-{'enc' if self.domain == 'encrypted' else 'plain'}"
+        return s
+
+    def encrypt_options(self) -> list[str]:
+        """Options of ``ppdata encrypt`` for this folder (or its parent), keys excluded."""
+        if self.scheme == "plain":
+            opts = ["--plain"]
+        else:
+            opts = ["--scheme", self.scheme]
+            if self.scheme in ("pixel", "icip") and self.cs:
+                opts.append("--cs")
+        if self.augment != "none" and self.domain == "plain":
+            opts += ["--augment", AUGMENTS[self.augment][0]]
+        return opts
+
+    def augment_options(self) -> list[str]:
+        return list(AUGMENTS[self.augment][1])
+
+    @property
+    def label(self) -> str:
+        if self.scheme == "plain":
+            return "plain"
+        name = {"pixel": "NP+CS" if self.cs else "NP", "icip": "ICIP NP+CS" if self.cs else "ICIP NP",
+                "le": "Tanaka LE", "etc": "EtC", "chaos": "chaos+RC4"}[self.scheme]
+        return name
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training run: ``model`` on ``train``, evaluated on its test split and on ``evals``."""
+
+    model: str
+    train: Shards
+    adapt: str | None = None
+    evals: tuple = (("plain", Shards("plain")),)
+
+    @property
+    def slug(self) -> str:
+        return f"{self.model}-{self.train.slug}" + (f"-adapt-{self.adapt}" if self.adapt else "")
+
+    def canonical(self) -> dict:
+        return {"model": self.model, "train": self.train.canonical(), "adapt": self.adapt,
+                "evals": [[n, s.canonical()] for n, s in self.evals]}
+
+
+@dataclass(frozen=True)
+class Condition:
+    """A bar of a figure: ``name`` is unique within the figure; ``group`` the x-axis label,
+    ``series`` the bar within the group."""
+
+    name: str
+    group: str
+    series: str
+    run: Run
+    published: float | None = None  # accuracy published for this condition (percent), if any
+
+
+@dataclass
+class Figure:
+    name: str
+    title: str
+    what: str                       # one paragraph: what the paper's figure shows, our reading
+    conditions: list[Condition] = field(default_factory=list)
+    metrics: tuple = (("test", "Enc(Q)"),)   # (eval set, label) columns shown per series
+    chart: str = "test"             # the eval set drawn in the bar chart
+    published_source: str = ""
+    kind: str = "classification"    # or "attack"
+
+
+# ---------------------------------------------------------------------------------------------
+# the schemes compared in Figs. 8, 10, 12: (label, Shards fields, adaptation network)
+
+COMPARED = [
+    ("NP", dict(scheme="pixel", cs=False), None),
+    ("NP+CS", dict(scheme="pixel", cs=True), None),
+    ("ICIP NP + adapt.", dict(scheme="icip", cs=False), "icip"),
+    ("ICIP NP+CS + adapt.", dict(scheme="icip", cs=True), "icip"),
+    ("Tanaka LE + adapt.", dict(scheme="le"), "tanaka"),
+    ("EtC", dict(scheme="etc"), None),
+    ("chaos+RC4", dict(scheme="chaos"), None),
+]
+SERIES = {"same": "same key", "independent": "independent keys"}
+
+# Published in the ICIP 2019 version (arXiv 1905.01827; ResNet-18, augmentation on the server,
+# one common key): condition name -> top-1 accuracy on Enc(Q), percent.
+ICIP2019 = {"plain": 92.98, "np-same": 85.15, "icip-np-same": 86.99, "npcs-same": 82.51, "icip-npcs-same": 86.16,
+            "le-same": 56.41, "etc-same": 69.03, "chaos-same": 58.59}
+ICIP2019_SOURCE = ("ICIP 2019 version (arXiv 1905.01827), ResNet-18, augmentation on the server, one common key; "
+                   "client-side augmentation: NP 92.94%")
+
+
+def _cond_name(fields: dict, adapt: str | None, keys: str) -> str:
+    s = fields["scheme"]
+    base = {"pixel": "npcs" if fields.get("cs") else "np",
+            "icip": "icip-npcs" if fields.get("cs") else "icip-np"}.get(s, s)
+    return f"{base}-{keys}"
+
+
+def comparison(model: str, domain: str, published: dict | None = None, augment: str = "flip+shift") -> list[Condition]:
+    """plain + every compared scheme under both key modes, ``augment`` (flip+shift x8) in ``domain``."""
+    conds = [Condition("plain", "plain", "-", Run(model, Shards("plain", augment=augment, domain=domain)),
+                       (published or {}).get("plain"))]
+    for label, fields, adapt in COMPARED:
+        for keys in KEY_MODES:
+            name = _cond_name(fields, adapt, keys)
+            sh = Shards(keys=keys, augment=augment, domain=domain, **fields)
+            conds.append(Condition(name, label, SERIES[keys], Run(model, sh, adapt), (published or {}).get(name)))
+    return conds
+
+
+def augmentation_types(model: str) -> list[Condition]:
+    """Fig. 11: no augmentation / shift only / flip only (and flip + shift), server side."""
+    groups = [("plain", dict(scheme="plain"), None)] + [
+        (f"{lab} ({SERIES[k]})", dict(keys=k, **f), k) for lab, f, _ in COMPARED[:2] for k in KEY_MODES]
+    conds = []
+    for label, fields, keys in groups:
+        for aug in ("none", "shift", "flip", "flip+shift"):
+            sh = Shards(augment=aug, domain="encrypted", **fields)
+            base = "plain" if keys is None else _cond_name(fields, None, keys)
+            conds.append(Condition(f"{base}-{aug.replace('+', '')}", label, aug, Run(model, sh)))
+    return conds
+
+
+FIGURE_NAMES = ("fig8a", "fig8b", "fig10", "fig11", "fig12", "table2")
+
+
+UNSHIFTED_NOTE = (" Shift set with the unshifted copy (`ppdata augment --shifts=0:0,4:4,4:-4,-4:4,-4:-4`, x10): "
+                  "under one common key the test images carry the key unmoved, which the default diagonal "
+                  "shifts never show the model.")
+
+
+def figure(name: str, unshifted: bool = False) -> Figure:
+    """The definition of experiment ``name`` (one of ``FIGURE_NAMES``); ``unshifted``: the
+    server-side expansion keeps the unshifted image (fig8b, fig10, fig12 only)."""
+    if unshifted:
+        if name not in ("fig8b", "fig10", "fig12"):
+            raise ValueError(f"--with-unshifted applies to fig8b, fig10 and fig12 (server-side expansion), not {name}")
+        fig = figure(name)
+        fig.conditions = comparison("densenet" if name == "fig12" else "resnet", "encrypted",
+                                    ICIP2019 if name == "fig8b" else None, augment="flip+shift+0")
+        fig.title += ", with the unshifted copy"
+        fig.what += UNSHIFTED_NOTE
+        return fig
+    if name == "fig8a":
+        return Figure("fig8a", "Fig. 8(a): augmentation in the plain domain, Enc(f_d(T)) (ResNet-18)",
+                      "Every training image is flipped and shifted by the client *before* encryption "
+                      "(`ppdata encrypt --augment flip,shift`, x8), every copy under its own key in independent "
+                      "mode. Accuracy on Enc(Q) for plain training, the proposed NP and NP+CS, and the compared "
+                      "schemes, under one common key and under independent keys.",
+                      comparison("resnet", "plain"))
+    if name == "fig8b":
+        return Figure("fig8b", "Fig. 8(b): augmentation in the encrypted domain, f_d(Enc(T)) (ResNet-18)",
+                      "The server flips and shifts the encrypted images without any key (`ppdata augment`, x8). "
+                      "Flip and shift commute with the per-pixel schemes (pixel, icip, chaos: each pixel keeps "
+                      "its own key, moved with it) but not with the block-wise ones (EtC, LE), whose expanded "
+                      "copies are no longer encryptions of the shifted images. Accuracy on Enc(Q).",
+                      comparison("resnet", "encrypted", ICIP2019), published_source=ICIP2019_SOURCE)
+    if name == "fig10":
+        return Figure("fig10", "Fig. 10: plain test images Q, models trained on encrypted images (ResNet-18)",
+                      "The models of Fig. 8(b) (augmentation in the encrypted domain) tested on the plain test "
+                      "images Q as well as on Enc(Q). The runs are those of fig8b (same cache keys): running one "
+                      "of the two experiments after the other trains nothing new.",
+                      comparison("resnet", "encrypted"), metrics=(("test", "Enc(Q)"), ("plain", "plain Q")),
+                      chart="plain")
+    if name == "fig11":
+        return Figure("fig11", "Fig. 11: kind of augmentation (encrypted domain, ResNet-18)",
+                      "No augmentation, shift only (x4), flip only (x2) and flip + shift (x8), done by the server "
+                      "on the encrypted images (`ppdata augment`), for plain training and the proposed NP and "
+                      "NP+CS under both key modes. Accuracy on Enc(Q). The flip + shift runs are those of fig8b.",
+                      augmentation_types("resnet"))
+    if name == "fig12":
+        return Figure("fig12", "Fig. 12: DenseNet-40-12, augmentation in the encrypted domain",
+                      "Fig. 8(b)'s conditions with DenseNet (L = 40, k = 12) instead of ResNet-18. Accuracy on "
+                      "Enc(Q) and on plain Q.",
+                      comparison("densenet", "encrypted"), metrics=(("test", "Enc(Q)"), ("plain", "plain Q")))
+    if name == "table2":
+        return Figure("table2", "Table 2: ciphertext-only attacks, mean SSIM / PSNR",
+                      "The paper's 1x1 locally connected attack (and the attack package's stronger ones) against "
+                      "NP and NP+CS under one key and independent keys, run by `python -m attack.coa`.",
+                      kind="attack")
+    raise ValueError(f"unknown experiment {name!r} (choose from {', '.join(FIGURE_NAMES)})")
+
+
+# ---------------------------------------------------------------------------------------------
+# profiles: the training options per harness profile
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    train: tuple          # options for every training command
+    model_options: dict   # model -> extra options
+    epochs_for_factor: dict | None = None  # augmentation factor -> --epochs (None: the profile's own)
+
+    def options(self, run: Run) -> list[str]:
+        opts = list(self.train) + list(self.model_options.get(run.model, ()))
+        if self.epochs_for_factor is not None:
+            opts += ["--epochs", str(self.epochs_for_factor[run.train.factor])]
+        return opts
+
+
+PROFILES = {
+    # the paper's schedules (train.resnet / train.densenet --profile paper), on the expanded shards
+    "paper": Profile("paper", ("--profile", "paper"), {}),
+    # minutes per condition on one GPU: 2M training images seen (40 epochs of 50K), no on-device augmentation
+    "fast": Profile("fast", ("--profile", "fast", "--no-augment"), {}, {1: 40, 2: 20, 4: 10, 8: 5, 10: 4}),
+    # seconds per condition on a CPU: tiny networks, one epoch (checks that everything runs)
+    "smoke": Profile("smoke", ("--profile", "smoke", "--no-augment"),
+                     {"resnet": ("--width", "4"), "densenet": ("--depth", "10", "--growth", "4")}),
+}
+
+# table2: options of python -m attack.coa per profile (data options are added by the runner)
+ATTACK_PROFILES = {
+    "paper": (),
+    "fast": ("--epochs", "20", "--unet-epochs", "10"),
+    "smoke": ("--epochs", "1", "--unet-epochs", "1", "--train-limit", "200", "--test-limit", "20",
+              "--attacks", "encrypted,fold,coa-1x1"),
+}
