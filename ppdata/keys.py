@@ -29,6 +29,7 @@ seed
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -149,6 +150,7 @@ class KeyStream:
 # --------------------------------------------------------------------------------------------
 # unbiased codes in 0..5
 
+@functools.lru_cache(maxsize=64)
 def code_bytes_needed(n: int, sigmas: float = 12.0) -> int:
     """Bytes of material planned for ``n`` codes in 0..5 so that a shortfall is ~impossible.
 
