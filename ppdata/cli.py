@@ -86,7 +86,7 @@ def cli(ctx, quiet):
 
 @cli.command()
 @click.argument("source", type=click.Choice(["cifar10", "cifar100", "stl10", "folder", "sample"]))
-@click.argument("path", required=False)
+@click.argument("path", nargs=-1)
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Output shard folder.")
 @click.option("--split", default="all", show_default=True, help="train, test, ... or all.")
 @click.option("--keys", "key_mode", type=click.Choice(["independent", "same"]), default="independent",
@@ -127,14 +127,16 @@ def encrypt(obj, source, path, out, split, key_mode, key_file, keep_keys, seed, 
             fmt, shard_size, resize, root, download, strict, overwrite, batch_size, augment_spec):
     """Encrypt SOURCE into sharded archives, every image under its own key by default.
 
-    SOURCE is cifar10, cifar100, stl10 (torchvision, --root/--download), folder PATH (an
-    ImageFolder directory or .tar/.tar.gz archive of one) or sample (embedded, offline).
+    SOURCE is cifar10, cifar100, stl10 (torchvision, --root/--download), folder PATH... (an
+    ImageFolder directory or .tar/.tar.gz archive of one; several are joined, one split each)
+    or sample (embedded, offline).
     Sample keys are <split>_<index:06d> in source order.
 
     \b
     Examples:
       ppdata encrypt cifar10 --keys independent --cs --out shards/
       ppdata encrypt folder photos.tar.gz --split test --cs --out v/ --keep-keys ~/keys/v.json
+      ppdata encrypt folder cifar10-jpeg/train.tar.gz cifar10-jpeg/test.tar.gz --cs --out s/
       ppdata encrypt sample --keys same --key-file ~/keys/k.json --out same/
       ppdata encrypt sample --plain --out plain/
       ppdata encrypt sample --scheme etc --block-size 4 --out etc/ --keep-keys ~/keys/etc.json

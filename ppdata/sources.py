@@ -10,9 +10,10 @@ Sources
 -------
 ``cifar10``, ``cifar100``, ``stl10``
     through torchvision (``root``, ``download``); STL-10's unlabelled split is not offered.
-``folder PATH``
+``folder PATH [PATH ...]``
     an ImageFolder tree given as a directory or a ``.tar`` / ``.tar.gz`` archive of one (read as
-    a stream, never extracted). Layout ``<class>/<file>`` (one split, named by ``split`` or
+    a stream, never extracted); several paths (e.g. ``train.tar.gz test.tar.gz``) are joined,
+    each split coming from one of them (``MultiFolderSource``). Layout ``<class>/<file>`` (one split, named by ``split`` or
     ``train``) or ``<split>/<class>/<file>`` with split folders ``train``, ``test``, ``val``...;
     a single wrapping folder is stripped. Classes are the sorted class-folder names over all
     splits. Order: sorted paths for a directory, archive order for an archive.
@@ -324,8 +325,7 @@ class FolderSource(Source):
         return {"name": "folder", "path": self.path.name}
 
     def splits(self) -> list[str]:
-        order = {s: i for i, s in enumerate(SPLIT_NAMES)}
-        return sorted(self._by_split, key=lambda s: (order.get(s, 99), s))
+        return _split_order(self._by_split)
 
     def count(self, split: str) -> int:
         return len(self._by_split.get(split, []))
@@ -423,6 +423,50 @@ class FolderSource(Source):
         return len(images)
 
 
+def _split_order(names) -> list[str]:
+    """Splits in a conventional order: train, test, val, ..., then others by name."""
+    order = {s: i for i, s in enumerate(SPLIT_NAMES)}
+    return sorted(names, key=lambda s: (order.get(s, 99), s))
+
+
+class MultiFolderSource(Source):
+    """Several folder sources as one, e.g. ``train.tar.gz`` and ``test.tar.gz``.
+
+    Each split must come from exactly one of them; labels follow the sorted union of their class
+    names, so a class keeps one label across splits.
+    """
+
+    name = "folder"
+
+    def __init__(self, parts: Sequence[FolderSource]):
+        super().__init__()
+        self.parts = list(parts)
+        self.classes = sorted(set().union(*(p.classes for p in self.parts)))
+        self._owner: dict[str, FolderSource] = {}
+        for p in self.parts:
+            p.skipped = self.skipped  # one list, in processing order
+            for sp in p.splits():
+                if sp in self._owner:
+                    raise PpdataError(f"split {sp!r} is in both {self._owner[sp].path} and {p.path}; "
+                                      f"give each split once (or --split to pick one)")
+                self._owner[sp] = p
+
+    def splits(self) -> list[str]:
+        return _split_order(self._owner)
+
+    def count(self, split: str) -> int:
+        return self._owner[split].count(split)
+
+    def describe(self) -> dict:
+        return {"name": "folder", "path": [p.path.name for p in self.parts]}
+
+    def batches(self, split: str, batch_size: int = 256) -> Iterator[Batch]:
+        part = self._owner[split]
+        remap = np.array([self.classes.index(c) for c in part.classes], np.int64)
+        for b in part.batches(split, batch_size):
+            yield Batch(b.images, remap[b.labels], b.index)
+
+
 def sample_archive() -> Path:
     """Path of the embedded sample (an ImageFolder tar.gz with train/ and test/)."""
     return Path(str(resources.files("ppdata") / "data" / "sample.tar.gz"))
@@ -440,14 +484,17 @@ class SampleSource(FolderSource):
         return {"name": "sample"}
 
 
-def open_source(name: str, path: str | None = None, *, split: str | None = None, root: str = "data",
-                download: bool = False, resize: tuple[int, int] | None = None, strict: bool = False) -> Source:
-    """Open a source by CLI name: cifar10, cifar100, stl10, folder (needs ``path``), sample."""
+def open_source(name: str, path: str | Sequence[str] | None = None, *, split: str | None = None,
+                root: str = "data", download: bool = False, resize: tuple[int, int] | None = None,
+                strict: bool = False) -> Source:
+    """Open a source by CLI name: cifar10, cifar100, stl10, folder (needs one or more ``path``), sample."""
+    paths = [path] if isinstance(path, (str, os.PathLike)) else list(path or [])
     if name == "folder":
-        if not path:
+        if not paths:
             raise PpdataError("source 'folder' needs a PATH (a directory or .tar/.tar.gz archive)")
-        return FolderSource(path, split=split, resize=resize, strict=strict)
-    if path:
+        parts = [FolderSource(p, split=split, resize=resize, strict=strict) for p in paths]
+        return parts[0] if len(parts) == 1 else MultiFolderSource(parts)
+    if paths:
         raise PpdataError(f"source {name!r} takes no PATH (use --root DIR for torchvision data)")
     if name == "sample":
         return SampleSource(split=split, strict=strict, resize=resize)

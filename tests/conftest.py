@@ -45,6 +45,12 @@ def _slice_archive(src: Path, dst: Path, per_class: int) -> Path:
 
 
 @pytest.fixture(scope="session")
+def slice_archive():
+    """``slice_archive(src, dst, per_class)``: the first images of every class of an archive."""
+    return _slice_archive
+
+
+@pytest.fixture(scope="session")
 def cifar_test_slice(shared_data, tmp_path_factory) -> Path:
     """A small real CIFAR-10 archive: 20 test images per class (200), as test/<class>/<file>."""
     return _slice_archive(shared_data / "cifar10-jpeg" / "test.tar.gz",

@@ -207,3 +207,32 @@ def test_real_cifar_archive_slice(cifar_test_slice):
         first = next(m for m in tf if m.isfile())
         ref = np.asarray(Image.open(io.BytesIO(tf.extractfile(first).read())).convert("RGB"))
     np.testing.assert_array_equal(x[0], ref)
+
+
+def test_several_folder_paths_are_joined(tmp_path):
+    rng = np.random.default_rng(0)
+    for split, classes in (("train", ("b", "c")), ("test", ("a", "c"))):
+        for c in classes:
+            save(tmp_path / split / split / c / "0.png", rng.integers(0, 256, (4, 4, 3), dtype=np.uint8))
+    src = open_source("folder", [str(tmp_path / "train"), str(tmp_path / "test")])
+    assert src.splits() == ["train", "test"] and src.classes == ["a", "b", "c"]
+    _, y_train, _ = collect(src, "train")
+    _, y_test, _ = collect(src, "test")
+    assert y_train.tolist() == [1, 2] and y_test.tolist() == [0, 2]  # one label per class across splits
+    assert src.describe() == {"name": "folder", "path": ["train", "test"]}
+    with pytest.raises(PpdataError, match="split 'train' is in both"):
+        open_source("folder", [str(tmp_path / "train"), str(tmp_path / "train")])
+
+
+def test_real_cifar_train_and_test_archives(shared_data, slice_archive, tmp_path):
+    from ppdata.pipeline import encrypt
+    from ppdata.cipher import get_scheme
+    from ppdata.keys import KeyStream, secret_from_seed
+    from ppdata import open_shards
+    tr = slice_archive(shared_data / "cifar10-jpeg" / "train.tar.gz", tmp_path / "train.tar", 3)
+    te = slice_archive(shared_data / "cifar10-jpeg" / "test.tar.gz", tmp_path / "test.tar", 2)
+    src = open_source("folder", [str(tr), str(te)])
+    m = encrypt(src, tmp_path / "s", scheme=get_scheme("pixel", cs=True), keys=KeyStream(secret_from_seed(1)),
+                progress=False)
+    assert m["splits"]["train"]["count"] == 30 and m["splits"]["test"]["count"] == 20
+    assert open_shards(tmp_path / "s", "test").load().labels.tolist() == [i // 2 for i in range(20)]
