@@ -106,11 +106,12 @@ def grid_rows(plain: np.ndarray, encrypted: np.ndarray, results: dict[str, dict]
 
 def save_grid(path, plain, encrypted, results, n: int = 8) -> list[str]:
     """Write the grid of ``grid_rows`` as a PNG (one row per label, ``n`` columns)."""
-    from ppdata.preview import auto_scale, grid, save_png
+    from ppdata.preview import auto_scale, grid, label_rows, save_png
 
     imgs, labels = grid_rows(plain, encrypted, results, n)
     n = min(n, len(plain))
-    save_png(grid(imgs, cols=n, scale=auto_scale(plain.shape[1], 64)), path)
+    sheet = grid(imgs, cols=n, scale=auto_scale(plain.shape[1], 64))
+    save_png(label_rows(sheet, labels, len(labels)), path)
     return labels
 
 

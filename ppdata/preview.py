@@ -22,6 +22,20 @@ def grid(images: np.ndarray, cols: int = 8, pad: int = 2, scale: int = 1, backgr
     return out
 
 
+def label_rows(sheet: np.ndarray, labels: list[str], rows: int, pad: int = 2, width: int = 90,
+               background: int = 255) -> np.ndarray:
+    """Add a left margin to a ``grid`` sheet of ``rows`` equal rows with one text label per row."""
+    from PIL import ImageDraw
+
+    h = (sheet.shape[0] - pad) // max(1, rows)
+    img = Image.new("RGB", (sheet.shape[1] + width, sheet.shape[0]), (background,) * 3)
+    img.paste(Image.fromarray(sheet), (width, 0))
+    draw = ImageDraw.Draw(img)
+    for r, text in enumerate(labels[:rows]):
+        draw.text((4, pad + r * h + h // 2 - 6), text, fill=(0, 0, 0))
+    return np.asarray(img)
+
+
 def auto_scale(h: int, target: int = 96) -> int:
     """Integer upscaling so that small images (32x32) are visible in a sheet."""
     return max(1, target // max(1, h))
