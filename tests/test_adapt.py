@@ -21,14 +21,6 @@ from train.loop import Config, load_model, run
 from train.models import count_parameters
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def arrays():
     src = SampleSource()

@@ -36,15 +36,6 @@ N_TRAIN, N_TEST = 32, 16
 # fixtures: tiny shard folders of real images
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one intra-op thread is fastest, and far faster on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def sample_arrays():
     src = SampleSource()
