@@ -372,3 +372,17 @@ def test_ddp_two_gloo_processes(tmp_path, folders, data):
     # memory: 32 images / 2 processes / batch 4; stream: 4 shards (10, 10, 10, 2) dealt to 2 processes
     assert m["effective"]["steps_per_epoch"] == (4 if data == "memory" else 3)
     assert len(read_log(out)) == 2 and 0 <= m["eval"]["plain"]["final_acc"] <= 1
+
+
+def test_unexpanded_folder_points_to_its_expansion(tmp_path):
+    """Training on un-expanded shards without on-device augmentation names the sibling expansion."""
+    from click.testing import CliRunner
+
+    from ppdata.cli import cli
+    from train.loop import _expansion_next_to
+
+    r = CliRunner()
+    assert r.invoke(cli, ["-q", "encrypt", "sample", "--split", "train", "--out", str(tmp_path / "s")]).exit_code == 0
+    assert _expansion_next_to(tmp_path / "s") is None
+    assert r.invoke(cli, ["-q", "augment", str(tmp_path / "s"), "--shift", "0"]).exit_code == 0
+    assert _expansion_next_to(tmp_path / "s") == tmp_path / "s-x2"

@@ -362,6 +362,21 @@ def describe_device(proc: Proc) -> str:
     return f"cpu ({cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
 
 
+def _expansion_next_to(folder: Path) -> Path | None:
+    """A sibling folder that ``ppdata augment`` made from ``folder`` (its default name), if any."""
+    import json
+
+    try:
+        parent_id = json.loads((folder / "manifest.json").read_text()).get("id")
+        for sib in sorted(folder.resolve().parent.glob(folder.resolve().name + "-x*")):
+            m = json.loads((sib / "manifest.json").read_text())
+            if (m.get("augment") or {}).get("parent", {}).get("id") == parent_id:
+                return folder.parent / sib.name
+    except (OSError, ValueError):
+        return None
+    return None
+
+
 def run(cfg: Config, shards_dir: str | os.PathLike, out: str | os.PathLike, eval_dirs: list[str] = (),
         device: str = "auto", resume: bool = False, overwrite: bool = False, quiet: bool = False,
         command: str | None = None) -> dict:
@@ -385,6 +400,11 @@ def run(cfg: Config, shards_dir: str | os.PathLike, out: str | os.PathLike, eval
             cfg.adapt, cfg.adapt_args = A.resolve(cfg.adapt, train.scheme)
         except ValueError as e:
             raise PpdataError(f"{e} ({shards_dir})") from None
+    if not train.manifest.get("augment") and not (cfg.flip or cfg.shift):
+        hint = _expansion_next_to(Path(shards_dir))
+        say(f"note: {shards_dir} is not expanded and this profile does no on-device flip/shift"
+            + (f"; {hint} holds an expansion of it (ppdata augment): train on that" if hint else
+               "; expand it with `ppdata augment` or pass --augment"))
     evals = eval_sets(train, shards_dir, list(eval_dirs), cfg.test_split)
     ck = prepare_out(out, resume, overwrite)
     if ck is not None:
