@@ -32,6 +32,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 import os
 import secrets
 import tempfile
@@ -43,6 +44,8 @@ import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
 from .errors import PpdataError
+
+log = logging.getLogger("ppdata")
 
 SECRET_BYTES = 32
 MODES = ("independent", "same")
@@ -263,6 +266,9 @@ class Keystore:
             raise PpdataError(f"cannot read keystore {path}: {e}") from None
         if not isinstance(data, dict) or data.get("format") != KEYSTORE_FORMAT:
             raise PpdataError(f"{path} is not a ppdata keystore")
+        mode = os.stat(path).st_mode & 0o777
+        if mode & 0o077:
+            log.warning("keystore %s is readable or writable by other users (mode %03o); chmod 600 it", path, mode)
         try:
             secret = bytes.fromhex(data["secret"])
             if len(secret) != SECRET_BYTES or data["mode"] not in MODES:

@@ -107,3 +107,14 @@ def test_is_inside_follows_symlinks(tmp_path):
     assert is_inside(link / "keys.json", out)
     assert is_inside(out / "a" / "b", out)
     assert not is_inside(tmp_path / "keys.json", out)
+
+
+def test_loose_keystore_permissions_warned(tmp_path, caplog, monkeypatch):
+    import logging
+
+    monkeypatch.setattr(logging.getLogger("ppdata"), "propagate", True)  # the CLI turns it off
+    path = Keystore(mode="same", secret=new_secret()).save(tmp_path / "k.json")
+    os.chmod(path, 0o644)
+    with caplog.at_level("WARNING", logger="ppdata"):
+        Keystore.load(path)
+    assert "chmod 600" in caplog.text
