@@ -92,6 +92,9 @@ def test_dry_run_joins_split_archives(tmp_path, split_archives):
     assert len(join) == 1 and "--subset 3,2" in join[0]
     joined = join[0].split("--out ")[1].split()[0]
     assert f"ppdata encrypt folder {joined} --plain" in out
+    whole = dry(["fig8b", "--data", str(split_archives), "--only", "plain"], tmp_path)
+    assert "train.experiments.source" not in whole  # no --subset: both archives go to ppdata as they are
+    assert "train.tar.gz" in whole and "test.tar.gz" in whole
 
 
 def test_table2_runs_the_attack_package_or_says_pending(tmp_path, split_archives):

@@ -101,7 +101,7 @@ class Harness:
     def shard_steps(self, sh: Shards) -> list[Step]:
         """The commands that build ``sh``, in order (source, encryption, server-side expansion)."""
         steps: list[Step] = []
-        if self.data.kind == "split-archives":
+        if self.data.joined is not None:
             steps.append(Step("join the per-split archives", self.data.prepare_command(), self.data.joined,
                               self.work / "logs" / (self.data.joined.name + ".log")))
         enc = sh.parent() if sh.expanded_by_server else sh

@@ -8,11 +8,10 @@ is not a ``ppdata`` command: joining per-split ImageFolder archives into one.
   NAME --root ROOT``);
 - a folder holding one archive per split, ``train.tar.gz`` and ``test.tar.gz`` (or ``.tar``,
   ``.tgz``), each an ImageFolder tree ``<split>/<class>/<file>`` (the layout of
-  ``../shared/data/cifar10-jpeg``). ``ppdata encrypt folder ARCHIVE`` writes one output folder per
-  call and the trainer wants both splits in one folder, so the archives are first joined into
-  one uncompressed tar under ``WORK/source/`` (``python -m train.experiments.source``), streamed,
-  without extracting 60,000 files; ``--subset TRAIN,TEST`` keeps the first TRAIN / TEST images of
-  every class while joining (small-scale runs);
+  ``../shared/data/cifar10-jpeg``), encrypted together by ``ppdata encrypt folder TRAIN TEST``.
+  With ``--subset TRAIN,TEST`` (small-scale runs) the first TRAIN / TEST images of every class are
+  first streamed into one uncompressed tar under ``WORK/source/`` (``python -m
+  train.experiments.source``), without extracting 60,000 files;
 - an ImageFolder archive or directory that already holds ``train/`` and ``test/`` (used as is).
 
 Command line (what the harness runs, and prints under ``--dry-run``)::
@@ -62,7 +61,7 @@ class DataSource:
 
     def prepare_command(self) -> list[str] | None:
         """The command that builds ``joined`` (None when nothing has to be prepared)."""
-        if self.kind != "split-archives":
+        if self.joined is None:
             return None
         cmd = ["python", "-m", "train.experiments.source", _rel(self.archives[0].parent), "--out", _rel(self.joined)]
         if self.subset:
@@ -118,6 +117,8 @@ def resolve_data(spec: str, work: Path, subset: tuple[int, int] | None = None, r
                               f"{' or '.join(missing)} archive")
         archives = [arch[s] for s in SPLITS]
         ident = {"archives": [_file_identity(a) for a in archives], "subset": list(subset) if subset else None}
+        if not subset:  # ppdata's folder source joins the archives itself
+            return DataSource(spec, "split-archives", ["folder", *map(_rel, archives)], ident, archives)
         import hashlib
         import json
 
