@@ -37,15 +37,15 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 from tqdm import tqdm
 
 from .cipher import PixelKey
 from .errors import PpdataError
-from .shards import (MANIFEST, OutputFolder, Samples, ShardSet, _BLOCK, _fast_records, _pad, WriterThread, make_writer,
-                     new_manifest, npy_header, read_manifest, tar_records, write_manifest)
+from .shards import (MANIFEST, OutputFolder, Samples, ShardSet, WriterThread, make_writer, new_manifest,
+                     read_manifest, tar_records, write_manifest)
 
 log = logging.getLogger("ppdata")
 
@@ -338,34 +338,6 @@ def default_output(directory: str | os.PathLike, factor: int) -> Path:
     return d.with_name(f"{d.name}-x{factor}")
 
 
-def _input_chunks(ss: ShardSet, chunk: int) -> Iterator[Samples]:
-    """The split's samples in stored order, at most ``chunk`` at a time, reading ppdata's own tar
-    shards ``chunk`` records at a time (memory bounded whatever the shard size)."""
-    if ss.format != "webdataset":
-        yield from ss.batches(chunk)
-        return
-    head = npy_header(ss.shape)
-    rec = _BLOCK + _pad(len(head) + int(np.prod(ss.shape))) + 2 * _BLOCK
-    for path, info in zip(ss.paths, ss.shards):
-        count = int(info.get("count") or 0)
-        done = 0
-        with open(path, "rb") as f:
-            while done < count:
-                k = min(chunk, count - done)
-                data = np.fromfile(f, np.uint8, k * rec)
-                s = _fast_records(data, ss.shape, k)
-                if s is None:
-                    break
-                yield s
-                done += k
-        if done == 0:  # not ppdata's fixed-size records (e.g. another tar writer): generic reader
-            from .shards import _read_tar
-
-            yield from _read_tar(path, ss.shape, None)
-        elif done < count:
-            raise PpdataError(f"shard {path}: unexpected record layout after {done} of {count} samples")
-
-
 def _file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -577,7 +549,7 @@ def _expand_split(ss: ShardSet, out: Path, variants, fill, seed, shard_size, rec
         # pass 1: read the input; one bucket: keep it; several: deal images to buckets at random
         deal = np.random.default_rng([seed, 0])
         seen = 0
-        for s in _input_chunks(ss, chunk):
+        for s in ss.batches(chunk):
             m = len(s)
             lengths = np.char.str_len(s.keys.astype(str))
             if m and lengths.max() > suffix_room:

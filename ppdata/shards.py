@@ -564,7 +564,7 @@ class ShardSet:
         buf: list[Samples] = []
         have = 0
         for path, info in zip(self.paths, self.shards):
-            for s in _read_tar(path, self.shape, info.get("count")):
+            for s in _read_tar(path, self.shape, info.get("count"), batch_size):
                 buf.append(s)
                 have += len(s)
                 while have >= batch_size:
@@ -622,14 +622,29 @@ def _concat(parts: list[Samples]) -> Samples:
                    np.concatenate([p.keys for p in parts]))
 
 
-def _read_tar(path: Path, shape, count: int | None) -> Iterator[Samples]:
-    """Read one tar shard: the fast path for ppdata's fixed-size records, else a generic parse."""
-    data = np.fromfile(path, dtype=np.uint8)
-    fast = _fast_records(data, shape, count)
-    if fast is not None:
-        yield fast
-        return
-    yield from _generic_tar(path, shape)
+def record_size(shape) -> int:
+    """Bytes of one ppdata tar record (npy header block, padded payload, cls header and payload)."""
+    return _BLOCK + _pad(len(npy_header(shape)) + int(np.prod(shape))) + 2 * _BLOCK
+
+
+def _read_tar(path: Path, shape, count: int | None, chunk: int = 16384) -> Iterator[Samples]:
+    """Read one tar shard: ppdata's fixed-size records ``chunk`` at a time (memory bounded by the
+    chunk, whatever the shard size), else a generic parse of any webdataset tar."""
+    done = 0
+    if count:
+        rec = record_size(shape)
+        with open(path, "rb") as f:
+            while done < count:
+                k = min(chunk, count - done)
+                s = _fast_records(np.fromfile(f, np.uint8, k * rec), shape, k)
+                if s is None:
+                    break
+                yield s
+                done += k
+    if done == 0:
+        yield from _generic_tar(path, shape)
+    elif done < count:
+        raise PpdataError(f"shard {path}: unexpected record layout after {done} of {count} samples")
 
 
 def _fast_records(data: np.ndarray, shape, count: int | None) -> Samples | None:
@@ -637,7 +652,7 @@ def _fast_records(data: np.ndarray, shape, count: int | None) -> Samples | None:
         return None
     head = npy_header(shape)
     npy_len = len(head) + int(np.prod(shape))
-    rec = _BLOCK + _pad(npy_len) + 2 * _BLOCK
+    rec = record_size(shape)
     if len(data) < count * rec:
         return None
     r = data[: count * rec].reshape(count, rec)
