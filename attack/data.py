@@ -11,8 +11,7 @@ import numpy as np
 from ppdata.cipher import PixelScheme, get_scheme
 from ppdata.errors import PpdataError
 from ppdata.keys import KeyStream
-from ppdata.pipeline import key_index
-from ppdata.sources import Batch, Source, sample_key
+from ppdata.sources import Batch, Source, key_index, originals
 
 
 class LimitedSource(Source):
@@ -59,35 +58,8 @@ def read_split(source: Source, split: str, limit: int | None = None) -> tuple[np
     return np.concatenate(images), np.concatenate(index)
 
 
-def plain_for_keys(source: Source, split: str, keys) -> np.ndarray:
-    """The plain originals of samples ``keys`` (``<split>_<index>``) from ``source``, in that order.
-
-    Reads the split once, stopping after the largest wanted index."""
-    idx = key_index(keys, split)
-    want: dict[int, list[int]] = {}
-    for row, i in enumerate(idx):
-        want.setdefault(int(i), []).append(row)
-    out = None
-    found = 0
-    last = int(idx.max()) if len(idx) else -1
-    for b in source.batches(split, 512):
-        for i, img in zip(b.index, b.images):
-            rows = want.get(int(i))
-            if rows is None:
-                continue
-            if out is None:
-                out = np.empty((len(idx), *img.shape), np.uint8)
-            elif img.shape != out.shape[1:]:
-                raise PpdataError(f"{source.name}: image {sample_key(split, int(i))} is {img.shape}, others {out.shape[1:]}")
-            for r in rows:
-                out[r] = img
-            found += len(rows)
-        if found == len(idx) or (len(b.index) and int(b.index.max()) >= last):
-            break
-    if found < len(idx):
-        raise PpdataError(f"only {found} of {len(idx)} originals found in split {split} of {source.name}; "
-                          f"is it the source these shards were made from?")
-    return out
+# the plain originals of given samples: ppdata's own lookup (also used by preview and audit)
+plain_for_keys = originals
 
 
 def encrypt_as(images: np.ndarray, split: str, indices: np.ndarray, cs: bool, stream: KeyStream) -> np.ndarray:

@@ -27,7 +27,7 @@ import numpy as np
 
 from .errors import PpdataError
 from .shards import ShardSet, read_manifest
-from .sources import open_source
+from .sources import open_source, originals
 
 log = logging.getLogger("ppdata")
 
@@ -62,7 +62,6 @@ def audit(directory: str | os.PathLike, plain_source: str, plain_path: str | Non
     most 4). Returns the metrics record (also written to ``out/metrics.json``)."""
 
     from attack import suite
-    from attack.data import plain_for_keys
 
     t_start = time.time()
     workers = workers or min(4, os.cpu_count() or 1)
@@ -84,7 +83,7 @@ def audit(directory: str | os.PathLike, plain_source: str, plain_path: str | Non
     log.info("audit: %d %s images of %s (%s, %s keys)", len(samples), split, directory,
              "NP+CS" if cs else "NP", ss.key_mode)
     src = open_source(plain_source, plain_path, split=split, root=root)
-    plain = plain_for_keys(src, split, samples.keys)
+    plain = originals(src, split, samples.keys)
     if plain.shape != samples.images.shape:
         raise PpdataError(f"plain images from {plain_source} {plain_path or ''} are {plain.shape[1:]}, the shards "
                           f"hold {samples.images.shape[1:]}: not the source these shards were made from")

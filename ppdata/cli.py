@@ -348,12 +348,9 @@ def preview(directory, plain_path, output, split, count, plain_source, root, col
       ppdata preview shards/ -o grid.png
       ppdata preview v/ --plain folder photos.tar.gz -o side-by-side.png
     """
-    import numpy as np
-
-    from .pipeline import key_index
     from .preview import auto_scale, grid, pairs, save_png
     from .shards import ShardSet, read_manifest
-    from .sources import open_source
+    from .sources import open_source, originals
 
     m = read_manifest(directory)
     split = split or ("test" if "test" in m["splits"] else next(iter(m["splits"])))
@@ -362,20 +359,7 @@ def preview(directory, plain_path, output, split, count, plain_source, root, col
     images = shown.images
     if plain_source:
         src = open_source(plain_source, plain_path, split=split, root=root)
-        idx = key_index(shown.keys, split)
-        want = {int(i): j for j, i in enumerate(idx)}
-        originals = np.zeros_like(images)
-        found = 0
-        for b in src.batches(split, 256):
-            for i, img in zip(b.index, b.images):
-                if int(i) in want:
-                    originals[want[int(i)]] = img
-                    found += 1
-            if found == len(want) or b.index.max() > idx.max():
-                break
-        if found < len(want):
-            raise PpdataError(f"only {found} of {len(want)} originals found in {plain_source} {plain_path or ''}")
-        images = pairs(originals, images)
+        images = pairs(originals(src, split, shown.keys), images)
         cols = cols + cols % 2
     sheet = grid(images, cols=cols, scale=auto_scale(ss.shape[0]))
     save_png(sheet, output)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import re
 from pathlib import Path
 from typing import Callable
 
@@ -20,7 +19,7 @@ from .errors import PpdataError
 from .keys import Keystore, KeyStream, check_writable, is_inside
 from .shards import (FORMATS, OutputFolder, ShardSet, WriterThread, make_writer, new_manifest, read_manifest,
                      write_manifest)
-from .sources import Batch, Source, sample_key
+from .sources import Batch, Source, key_index, sample_key  # noqa: F401 (key_index: public here too)
 
 log = logging.getLogger("ppdata")
 
@@ -32,21 +31,6 @@ Expand = Callable[[Batch, str], tuple[list[str], np.ndarray, np.ndarray, np.ndar
 def identity_expand(batch: Batch, split: str):
     keys = [sample_key(split, int(i)) for i in batch.index]
     return keys, batch.images, batch.labels, batch.index
-
-
-_KEY_RE = re.compile(r"^([A-Za-z0-9]+)_(\d+)$")
-
-
-def key_index(sample_keys, split: str) -> np.ndarray:
-    """Key-stream index of samples named ``<split>_<index>`` (the default naming)."""
-    out = np.empty(len(sample_keys), np.int64)
-    for i, k in enumerate(sample_keys):
-        m = _KEY_RE.match(str(k))
-        if not m or m.group(1) != split:
-            raise PpdataError(f"sample key {k!r} does not name an image of split {split!r}; "
-                              f"its key cannot be derived")
-        out[i] = int(m.group(2))
-    return out
 
 
 def encrypt(

@@ -31,6 +31,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import re
 import tarfile
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -56,6 +57,21 @@ IMAGE_EXTENSIONS = frozenset(
 def sample_key(split: str, index: int) -> str:
     """``<split>_<index:06d>``: no dots (WebDataset splits a member name at its first dot)."""
     return f"{split}_{index:06d}"
+
+
+_KEY_RE = re.compile(r"^([A-Za-z0-9]+)_(\d+)$")
+
+
+def key_index(sample_keys, split: str) -> np.ndarray:
+    """Source index (= key-stream index) of samples named ``<split>_<index>``, (N,) int64."""
+    out = np.empty(len(sample_keys), np.int64)
+    for i, k in enumerate(sample_keys):
+        m = _KEY_RE.match(str(k))
+        if not m or m.group(1) != split:
+            raise PpdataError(f"sample key {k!r} does not name an image of split {split!r}; "
+                              f"its key cannot be derived")
+        out[i] = int(m.group(2))
+    return out
 
 
 @dataclass
@@ -482,6 +498,36 @@ class SampleSource(FolderSource):
 
     def describe(self) -> dict:
         return {"name": "sample"}
+
+
+def originals(source: Source, split: str, keys) -> np.ndarray:
+    """The plain images of samples ``keys`` (``<split>_<index>``) from ``source``, in that order,
+    (N, H, W, 3) uint8. Reads the split once, stopping after the largest wanted index."""
+    idx = key_index(keys, split)
+    want: dict[int, list[int]] = {}
+    for row, i in enumerate(idx):
+        want.setdefault(int(i), []).append(row)
+    out = None
+    found = 0
+    last = int(idx.max()) if len(idx) else -1
+    for b in source.batches(split, 512):
+        for i, img in zip(b.index, b.images):
+            rows = want.get(int(i))
+            if rows is None:
+                continue
+            if out is None:
+                out = np.empty((len(idx), *img.shape), np.uint8)
+            elif img.shape != out.shape[1:]:
+                raise PpdataError(f"{source.name}: image {sample_key(split, int(i))} is {img.shape}, others {out.shape[1:]}")
+            for r in rows:
+                out[r] = img
+            found += len(rows)
+        if found == len(idx) or (len(b.index) and int(b.index.max()) >= last):
+            break
+    if found < len(idx):
+        raise PpdataError(f"only {found} of {len(idx)} originals found in split {split} of {source.name}; "
+                          f"is it the source these shards were made from?")
+    return out
 
 
 def open_source(name: str, path: str | Sequence[str] | None = None, *, split: str | None = None,
