@@ -32,7 +32,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common import cifar_like, copy_limits, load, machine  # noqa: E402
+from common import cifar_like, copy_limits, load, machine, write_report  # noqa: E402
 from ppdata import __version__  # noqa: E402
 from ppdata.cipher import get_scheme  # noqa: E402
 from ppdata.keys import KeyStream, new_secret  # noqa: E402
@@ -198,11 +198,7 @@ def main() -> None:
         f"every byte, the variants, on {os.cpu_count()} cores) it takes "
         f"{best['ppdata augment -> webdataset, fsync stubbed out (CPU-bound part)'][0]:.2f} s.",
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"augment-{time.strftime('%Y-%m-%d')}.md").write_text(text)
+    write_report(lines, args.out, "augment")
 
 
 if __name__ == "__main__":

@@ -94,3 +94,14 @@ def copy_limits(folder: Path, scratch: Path, reps: int = 3) -> dict[str, float]:
     out["dd+fsync"] = timed(lambda d: dd(d, True))
     out["cp"] = timed(lambda d: subprocess.run(["cp", "-r", str(folder), str(d / "copy")], check=True))
     return out
+
+
+def write_report(lines: list[str], out_dir: str | Path, name: str) -> Path:
+    """Print a markdown report and save it as ``out_dir/<name>-<date>.md``."""
+    text = "\n".join(lines) + "\n"
+    print(text)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}-{time.strftime('%Y-%m-%d')}.md"
+    path.write_text(text)
+    return path

@@ -29,7 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import best_of, cifar_like, copy_limits, load, machine  # noqa: E402
+from common import best_of, cifar_like, copy_limits, load, machine, write_report  # noqa: E402
 from ppdata import __version__  # noqa: E402
 from ppdata.cipher import get_scheme  # noqa: E402
 from ppdata.keys import KeyStream, new_secret  # noqa: E402
@@ -177,11 +177,7 @@ def main() -> None:
         f"same bytes (target: within 3x): durable WebDataset {dds / wds:.2f}x dd + fsync; page cache "
         f"{dd / wds_cache:.2f}x dd ({cp / wds_cache:.2f}x the in-kernel cp).",
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"encrypt-{time.strftime('%Y-%m-%d')}.md").write_text(text)
+    write_report(lines, args.out, "encrypt")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import best_of, cifar_like, machine  # noqa: E402
+from common import best_of, cifar_like, machine, write_report  # noqa: E402
 from ppdata import __version__  # noqa: E402
 from ppdata.cipher import get_scheme  # noqa: E402
 from ppdata.keys import KeyStream, new_secret  # noqa: E402
@@ -109,14 +109,8 @@ def main() -> None:
                      f"| {e / ref[(True, mode)]:.2f} | {e / limit:.3f} |")
     lines.append(f"| memcpy of the same bytes (limit) | - | {limit:,.0f} | - "
                  f"| {limit / ref[(False, 'independent')]:.1f} | {limit / ref[(True, 'independent')]:.1f} | 1.000 |")
-    text = "\n".join(lines) + "\n"
     print()
-    print(text)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"schemes-{today}.md"
-    path.write_text(text)
-    print(f"written to {path}")
+    print(f"written to {write_report(lines, args.out, 'schemes')}")
 
 
 if __name__ == "__main__":
