@@ -386,3 +386,21 @@ def test_unexpanded_folder_points_to_its_expansion(tmp_path):
     assert _expansion_next_to(tmp_path / "s") is None
     assert r.invoke(cli, ["-q", "augment", str(tmp_path / "s"), "--shift", "0"]).exit_code == 0
     assert _expansion_next_to(tmp_path / "s") == tmp_path / "s-x2"
+
+
+def test_narrow_strided_1x1_turns_onednn_off_only_when_needed():
+    """oneDNN's AVX2 weight gradient of a stride-2 1x1 convolution with < 8 input channels
+    (ResNet-18 at --width 4) crashes the process; wide models keep oneDNN."""
+    import torch
+
+    from train.loop import avoid_onednn_narrow_strided_1x1
+
+    before = torch.backends.mkldnn.enabled
+    try:
+        torch.backends.mkldnn.enabled = True
+        assert not avoid_onednn_narrow_strided_1x1(ResNet18(width=8))
+        assert torch.backends.mkldnn.enabled
+        assert avoid_onednn_narrow_strided_1x1(ResNet18(width=4))
+        assert not torch.backends.mkldnn.enabled
+    finally:
+        torch.backends.mkldnn.enabled = before

@@ -216,7 +216,22 @@ def make_model(cfg: Config, num_classes: int, mean, std, sort: bool, device: tor
     net = MODELS[cfg.model](num_classes=num_classes, **cfg.model_args)
     adapt = A.build(cfg.adapt, cfg.adapt_args) if cfg.adapt not in (None, "none") else None
     model = Classifier(Preprocess(mean, std, cfg.input, sort), net, channels_last, adapt).to(device)
+    if device.type == "cpu":
+        avoid_onednn_narrow_strided_1x1(model)
     return model.to(memory_format=torch.channels_last) if channels_last else model
+
+
+def avoid_onednn_narrow_strided_1x1(model: nn.Module) -> bool:
+    """Turn oneDNN off for CPU convolutions if ``model`` has a strided 1x1 convolution with fewer
+    than 8 input channels (narrow test widths such as ``--width 4``): the AVX2 kernel of its
+    weight gradient crashes the process (segmentation fault) on NHWC input in this torch build.
+    Real widths (ResNet-18's 64) never take this path. Returns True if oneDNN was turned off."""
+    narrow = any(isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.stride != (1, 1) and m.in_channels < 8
+                 for m in model.modules())
+    if narrow and torch.backends.mkldnn.enabled:
+        torch.backends.mkldnn.enabled = False
+        return True
+    return False
 
 
 def make_optimizer(cfg: Config, model: nn.Module) -> torch.optim.SGD:
