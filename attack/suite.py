@@ -133,21 +133,7 @@ TABLE_HEADER = ["| attack | SSIM mean (sd) | colour SSIM | PSNR dB mean (sd) | S
 
 
 def machine() -> dict:
-    """CPU model, cores and accelerator, for result records."""
-    import os
-    import platform
+    """CPU model, cores and accelerator, for result records (``ppdata.machine.describe``)."""
+    from ppdata.machine import describe
 
-    import torch
-
-    cpu = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "gpu": gpu,
-            "python": platform.python_version(), "torch": torch.__version__}
+    return describe()

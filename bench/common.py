@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -15,16 +14,10 @@ from ppdata.sources import SampleSource  # noqa: E402
 
 
 def machine() -> str:
-    """CPU model, core count, Python and numpy versions."""
-    cpu = "unknown CPU"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, numpy {np.__version__}"
+    """CPU model, cores, memory, Python and numpy/torch versions (``ppdata.machine``)."""
+    from ppdata.machine import summary
+
+    return summary()
 
 
 def load() -> str:

@@ -38,14 +38,12 @@ from ppdata.shards import open_shards  # noqa: E402
 from ppdata.sources import SampleSource  # noqa: E402
 from train import data as D  # noqa: E402
 from train.augment import Augment  # noqa: E402
-from train.loop import Config, cpu_name, make_model, make_optimizer, train_step  # noqa: E402
+from ppdata.machine import describe, summary  # noqa: E402
+from train.loop import Config, make_model, make_optimizer, train_step  # noqa: E402
 
 
 def machine(device: torch.device) -> str:
-    s = f"{cpu_name()}, {os.cpu_count()} logical cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
-    if device.type == "cuda":
-        s = f"{torch.cuda.get_device_name(device)}; host {s}"
-    return s
+    return summary(describe(device))
 
 
 def sync(device):

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import PpdataError
+from .fileio import atomic_write
 from .shards import ShardSet, read_manifest
 from .sources import open_source, originals
 
@@ -48,9 +49,7 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
 
 
 def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write(path, text)
 
 
 def audit(directory: str | os.PathLike, plain_source: str, plain_path: str | None = None, *,

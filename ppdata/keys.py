@@ -35,7 +35,6 @@ import json
 import logging
 import os
 import secrets
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -44,6 +43,7 @@ import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
 from .errors import PpdataError
+from .fileio import atomic_write
 
 log = logging.getLogger("ppdata")
 
@@ -288,25 +288,7 @@ class Keystore:
 
 def write_private(path: Path, payload: bytes) -> None:
     """Write ``payload`` to ``path`` atomically, readable by the owner only (0600)."""
-    path = Path(path)
-    directory = path.parent if str(path.parent) else Path(".")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    except OSError as e:
-        raise PpdataError(f"keystore path {path} is not writable: {e.strerror or e}") from None
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise PpdataError(f"cannot write keystore {path}: {e.strerror or e}") from None
+    atomic_write(path, payload, mode=0o600)
 
 
 def check_writable(path: Path) -> None:

@@ -35,6 +35,7 @@ import numpy as np
 
 from . import __version__
 from .errors import PpdataError
+from .fileio import atomic_json
 
 log = logging.getLogger("ppdata")
 
@@ -444,19 +445,7 @@ class OutputFolder:
 
 def write_manifest(directory: str | os.PathLike, manifest: dict) -> Path:
     """Write ``manifest.json`` atomically (temporary file, fsync, rename)."""
-    path = Path(directory) / MANIFEST
-    tmp = Path(directory) / f".manifest.{os.getpid()}.tmp"
-    try:
-        with open(tmp, "w") as f:
-            json.dump(manifest, f, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise _io_error(e, path) from None
-    return path
+    return atomic_json(Path(directory) / MANIFEST, manifest)
 
 
 def new_manifest(fmt: str, *, source: dict, scheme: dict, keys: dict | None, shape, classes: list[str],

@@ -34,6 +34,8 @@ from torch import nn
 from tqdm import tqdm
 
 from ppdata.errors import PpdataError
+from ppdata.fileio import atomic_json, atomic_write
+from ppdata.machine import cpu_name
 from ppdata.shards import ShardSet, open_shards
 
 from . import adapt as A
@@ -314,15 +316,11 @@ def evaluate(model: nn.Module, es: EvalSet, cfg: Config, proc: Proc, amp: bool) 
 
 
 def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".part")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def _atomic_json(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_json(path, obj)
 
 
 def prepare_out(out: Path, resume: bool, overwrite: bool) -> dict | None:
@@ -358,19 +356,6 @@ def _check_resume(cfg: Config, ck: dict, train: ShardSet) -> None:
 # the run
 
 
-def cpu_name() -> str:
-    import platform
-
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def describe_device(proc: Proc) -> str:
     if proc.device.type == "cuda":
         return f"{proc.device} ({torch.cuda.get_device_name(proc.device)})"
@@ -379,7 +364,6 @@ def describe_device(proc: Proc) -> str:
 
 def _expansion_next_to(folder: Path) -> Path | None:
     """A sibling folder that ``ppdata augment`` made from ``folder`` (its default name), if any."""
-    import json
 
     try:
         parent_id = json.loads((folder / "manifest.json").read_text()).get("id")

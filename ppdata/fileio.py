@@ -1,0 +1,76 @@
+"""File helpers shared by every package: atomic writes and file hashes.
+
+``atomic_write(path, data)`` writes a temporary file in the same folder, fsyncs it and renames it
+over ``path`` (``os.replace``), so a reader sees the old file or the whole new one, never a part.
+``mode`` sets the permission bits of the new file (0600 for keystores). Errors come back as
+``PpdataError`` naming ``path`` (``disk full while writing PATH`` for ENOSPC).
+"""
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+from .errors import PpdataError
+
+
+def io_error(e: OSError, path: os.PathLike | str, verb: str = "write") -> PpdataError:
+    """A one-line error for an OSError hit while working on ``path``."""
+    if e.errno == errno.ENOSPC:
+        return PpdataError(f"disk full while writing {path}")
+    return PpdataError(f"cannot {verb} {path}: {e.strerror or e}")
+
+
+def atomic_write(path: str | os.PathLike, data: bytes | str | Callable, *, mode: int | None = None,
+                 fsync: bool = True) -> Path:
+    """Write ``data`` to ``path`` atomically. ``data``: bytes, text (UTF-8), or a callable that
+    writes into the binary file object it is given (e.g. ``lambda f: torch.save(obj, f)``)."""
+    path = Path(path)
+    directory = path.parent if str(path.parent) else Path(".")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    except OSError as e:
+        raise io_error(e, path) from None
+    try:
+        if mode is not None:
+            os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as f:
+            if callable(data):
+                data(f)
+            else:
+                f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            if fsync:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise io_error(e, path) from None
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return path
+
+
+def atomic_json(path: str | os.PathLike, obj, *, mode: int | None = None) -> Path:
+    """``obj`` as indented JSON (trailing newline), written atomically."""
+    return atomic_write(path, json.dumps(obj, indent=2) + "\n", mode=mode)
+
+
+def file_sha256(path: str | os.PathLike, block: int = 1 << 22) -> str:
+    """Hex sha256 of a file, read ``block`` bytes at a time."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            h.update(chunk)
+    return h.hexdigest()
