@@ -30,7 +30,6 @@ Order
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -44,8 +43,10 @@ from tqdm import tqdm
 
 from .cipher import PixelKey
 from .errors import PpdataError
+from .fileio import file_sha256
+from .names import check_split
 from .shards import (MANIFEST, OutputFolder, Samples, ShardSet, WriterThread, make_writer, new_manifest,
-                     read_manifest, tar_records, write_manifest)
+                     read_manifest, tar_records)
 
 log = logging.getLogger("ppdata")
 
@@ -338,14 +339,6 @@ def default_output(directory: str | os.PathLike, factor: int) -> Path:
     return d.with_name(f"{d.name}-x{factor}")
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _carry(src: Path, dst: Path, link: bool) -> str:
     """Hard-link ``src`` to ``dst`` (copy across file systems, or when ``link`` is False)."""
     if link:
@@ -361,8 +354,10 @@ def _carry(src: Path, dst: Path, link: bool) -> str:
 class _Buckets:
     """Temporary bucket files ``OUT/.shuffle-NNNN.part`` of input records (a structured dtype)."""
 
-    def __init__(self, directory: Path, count: int, dtype: np.dtype):
-        self.paths = [directory / f".shuffle-{b:04d}.part" for b in range(count)]
+    def __init__(self, directory: Path, count: int, dtype: np.dtype, claim=lambda *names: None):
+        names = [f".shuffle-{b:04d}.part" for b in range(count)]
+        claim(*names)
+        self.paths = [directory / n for n in names]
         self.dtype = dtype
         self.counts = np.zeros(count, np.int64)
         self.files = []
@@ -421,8 +416,12 @@ def augment_folder(
     chunk_bytes: int = 16 << 20,
     write_batch: int = 4096,
     progress: bool = True,
+    verify: bool = True,
 ) -> dict:
     """Expand ``split`` of shard folder ``directory`` by ``variants`` into ``out``; return the manifest.
+
+    Every input shard is checked as it is read (counts, shapes, structure; ``verify``: sha256
+    too), the carried-over splits included, before the output is marked complete.
 
     Key-free: reads no keystore. Other splits are carried over unchanged (hard links, or copies).
     Order, fixed by ``seed``: the input is dealt uniformly at random into B buckets that each fit
@@ -458,7 +457,9 @@ def augment_folder(
                     "not shown to be encryptions of the plain variants", scheme_name,
                     ", ".join(sorted(PER_PIXEL_SCHEMES - {"plain"})), scheme_name)
     fmt = parent["format"]
-    ss = ShardSet(src, split, parent)
+    check_split(split)
+    ss = ShardSet(src, split, parent, verify=verify)
+    others = {sp: ShardSet(src, sp, parent, verify=verify) for sp in parent["splits"] if sp != split}
     n = len(ss)
     shard_size = shard_size or int((parent.get("options") or {}).get("shard_size") or 10000)
 
@@ -476,7 +477,7 @@ def augment_folder(
         "per_pixel_scheme": per_pixel,
         "order": {"method": "bucket shuffle", "buckets": int(n_buckets),
                   "uniform": n_buckets == 1},
-        "parent": {"id": parent.get("id"), "manifest_sha256": _file_sha256(src / MANIFEST), "count": n,
+        "parent": {"id": parent.get("id"), "manifest_sha256": file_sha256(src / MANIFEST), "count": n,
                    "source": parent.get("source")},
     }
     manifest = new_manifest(fmt, source={"name": "augment", "parent": parent.get("id")},
@@ -485,18 +486,19 @@ def augment_folder(
                             options={**(parent.get("options") or {}), "shard_size": shard_size})
     manifest["augment"] = entry
 
-    with OutputFolder(out, overwrite=overwrite):
+    with OutputFolder(out, overwrite=overwrite) as folder:
         carried = {}
-        for sp, info in parent["splits"].items():
-            if sp == split:
-                continue
-            for s in info["shards"]:
-                carried[sp] = _carry(src / s["name"], out / s["name"], link)
+        for sp, other in others.items():
+            for i, path in enumerate(other.paths):
+                for _ in other.shard_batches(i, 16384):  # the carried shard is checked whole first
+                    pass
+                (dst,) = folder.claim(path.name)
+                carried[sp] = _carry(path, dst, link)
         entry["carried"] = carried
-        info = _expand_split(ss, out, variants, fill, seed, shard_size, rec_dtype, n_buckets,
+        info = _expand_split(ss, folder, variants, fill, seed, shard_size, rec_dtype, n_buckets,
                              max(1, chunk_bytes // rec_dtype.itemsize), write_batch, entry, progress)
         manifest["splits"] = {sp: (info if sp == split else v) for sp, v in parent["splits"].items()}
-        write_manifest(out, manifest)
+        folder.write_manifest(manifest)
     return manifest
 
 
@@ -530,8 +532,9 @@ def _records(s: Samples, rec_dtype) -> np.ndarray:
     return recs
 
 
-def _expand_split(ss: ShardSet, out: Path, variants, fill, seed, shard_size, rec_dtype, n_buckets, chunk,
+def _expand_split(ss: ShardSet, folder: OutputFolder, variants, fill, seed, shard_size, rec_dtype, n_buckets, chunk,
                   write_batch, entry, progress) -> dict:
+    out = folder.path
     V = len(variants)
     n = len(ss)
     total = n * V
@@ -539,7 +542,7 @@ def _expand_split(ss: ShardSet, out: Path, variants, fill, seed, shard_size, rec
     suffixes = np.array([("_" + v.name).encode() for v in variants])
     bar = tqdm(total=total + (n if n_buckets > 1 else 0), desc=f"augment {ss.split}", unit="img",
                disable=not progress, leave=False)
-    buckets = _Buckets(out, n_buckets, rec_dtype) if n_buckets > 1 else None
+    buckets = _Buckets(out, n_buckets, rec_dtype, folder.claim) if n_buckets > 1 else None
     if buckets is None:  # the whole split stays in memory: keys, labels, images (contiguous)
         res_keys = np.empty(n, f"S{KEY_WIDTH}")
         res_labels = np.empty(n, np.int64)
@@ -571,7 +574,7 @@ def _expand_split(ss: ShardSet, out: Path, variants, fill, seed, shard_size, rec
             buckets.finish()
         # pass 2: per bucket, all n_b * V outputs in a seeded random order
         writer = make_writer(ss.format, out, ss.split, ss.shape, shard_size,
-                             attrs={"classes": ss.classes, "scheme": ss.scheme, "augment": entry})
+                             attrs={"classes": ss.classes, "scheme": ss.scheme, "augment": entry}, claim=folder.claim)
         # tar: records are built here, written and hashed in the writer thread (balances the two cores)
         tar = ss.format == "webdataset"
         with WriterThread(writer, "write_records" if tar else "write") as worker:

@@ -26,13 +26,20 @@ def io_error(e: OSError, path: os.PathLike | str, verb: str = "write") -> Ppdata
 
 
 def atomic_write(path: str | os.PathLike, data: bytes | str | Callable, *, mode: int | None = None,
-                 fsync: bool = True) -> Path:
+                 fsync: bool = True, tmp: str | os.PathLike | None = None, replace: bool = True) -> Path:
     """Write ``data`` to ``path`` atomically. ``data``: bytes, text (UTF-8), or a callable that
-    writes into the binary file object it is given (e.g. ``lambda f: torch.save(obj, f)``)."""
+    writes into the binary file object it is given (e.g. ``lambda f: torch.save(obj, f)``).
+
+    ``tmp``: the temporary file's path (default: a fresh random name beside ``path``).
+    ``replace=False``: never replace an existing ``path`` (the new file is linked into place, which
+    fails if ``path`` exists: ``PpdataError`` saying so, the old file untouched)."""
     path = Path(path)
     directory = path.parent if str(path.parent) else Path(".")
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+        if tmp is None:
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+        else:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644 if mode is None else mode)
     except OSError as e:
         raise io_error(e, path) from None
     try:
@@ -46,13 +53,26 @@ def atomic_write(path: str | os.PathLike, data: bytes | str | Callable, *, mode:
             f.flush()
             if fsync:
                 os.fsync(f.fileno())
-        os.replace(tmp, path)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise PpdataError(f"{path} already exists; ppdata does not replace it") from None
+            os.unlink(tmp)
     except OSError as e:
         try:
             os.unlink(tmp)
         except OSError:
             pass
         raise io_error(e, path) from None
+    except PpdataError:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
     except BaseException:
         try:
             os.unlink(tmp)
@@ -62,9 +82,9 @@ def atomic_write(path: str | os.PathLike, data: bytes | str | Callable, *, mode:
     return path
 
 
-def atomic_json(path: str | os.PathLike, obj, *, mode: int | None = None) -> Path:
-    """``obj`` as indented JSON (trailing newline), written atomically."""
-    return atomic_write(path, json.dumps(obj, indent=2) + "\n", mode=mode)
+def atomic_json(path: str | os.PathLike, obj, **kw) -> Path:
+    """``obj`` as indented JSON (trailing newline), written atomically (``atomic_write``'s options)."""
+    return atomic_write(path, json.dumps(obj, indent=2) + "\n", **kw)
 
 
 def file_sha256(path: str | os.PathLike, block: int = 1 << 22) -> str:

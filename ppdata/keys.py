@@ -44,6 +44,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
 from .errors import PpdataError
 from .fileio import atomic_write
+from .names import check_path_text
 
 log = logging.getLogger("ppdata")
 
@@ -250,7 +251,8 @@ class Keystore:
         }
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write atomically with mode 0600 (a temporary file renamed into place)."""
+        """Write atomically with mode 0600; never replaces an existing file (it may be the only key
+        of an earlier dataset): ``PpdataError`` if ``path`` exists."""
         path = Path(path)
         write_private(path, (json.dumps(self.to_json(), indent=2) + "\n").encode())
         return path
@@ -287,8 +289,26 @@ class Keystore:
 
 
 def write_private(path: Path, payload: bytes) -> None:
-    """Write ``payload`` to ``path`` atomically, readable by the owner only (0600)."""
-    atomic_write(path, payload, mode=0o600)
+    """Write ``payload`` to a new file ``path`` atomically, readable by the owner only (0600);
+    an existing ``path`` is never replaced."""
+    try:
+        atomic_write(path, payload, mode=0o600, replace=False)
+    except PpdataError as e:
+        if Path(path).exists():
+            raise PpdataError(f"keystore {path} already exists; ppdata never replaces a keystore (it may be the "
+                              f"only key of an earlier dataset): choose a new file name") from None
+        raise PpdataError(str(e).replace("cannot write", "cannot write keystore", 1)) from None
+
+
+def check_new_keystore(path: Path) -> None:
+    """Fail early (before any work) if a new keystore cannot be created at ``path``: it exists
+    (ppdata never replaces a keystore), or its folder is missing or not writable."""
+    check_path_text(path, "keystore path")
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise PpdataError(f"keystore {path} already exists; ppdata never replaces a keystore (it may be the "
+                          f"only key of an earlier dataset): choose a new file name")
+    check_writable(path)
 
 
 def check_writable(path: Path) -> None:

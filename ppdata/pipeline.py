@@ -16,9 +16,9 @@ from tqdm import tqdm
 
 from .cipher import Scheme, scheme_from_manifest
 from .errors import PpdataError
-from .keys import Keystore, KeyStream, check_writable, is_inside
-from .shards import (FORMATS, OutputFolder, ShardSet, WriterThread, make_writer, new_manifest, read_manifest,
-                     write_manifest)
+from .keys import Keystore, KeyStream, check_new_keystore, is_inside
+from .names import check_class, check_sample_key, check_split
+from .shards import FORMATS, OutputFolder, ShardSet, WriterThread, make_writer, new_manifest, read_manifest
 from .sources import Batch, Source, key_index, sample_key  # noqa: F401 (key_index: public here too)
 
 log = logging.getLogger("ppdata")
@@ -69,8 +69,10 @@ def encrypt(
                 f"refusing to write the keystore {keystore} inside the output folder {out}: "
                 f"the output is uploaded, the keys must stay with the client"
             )
-        check_writable(Path(keystore))
+        check_new_keystore(Path(keystore))
     splits = source.select_splits(split)
+    for sp in splits:
+        check_split(sp, "source split")
     key_info = None
     if scheme.encrypted:
         key_info = {"mode": keys.mode, "key_id": keys.key_id, "seeded": bool(seeded)}
@@ -81,20 +83,22 @@ def encrypt(
     if seeded:
         log.warning("keys come from --seed: anybody who knows the seed can decrypt; this data is NOT private")
 
-    with OutputFolder(out, overwrite=overwrite):
+    with OutputFolder(out, overwrite=overwrite) as folder:
         for sp in splits:
-            info = _encrypt_split(source, sp, out, scheme, keys, fmt, shard_size, batch_size, expand,
+            info = _encrypt_split(source, sp, folder, scheme, keys, fmt, shard_size, batch_size, expand,
                                   manifest, progress)
             manifest["splits"][sp] = info
-        if keystore is not None:
+        if keystore is not None:  # never replaces a file (checked above, and again atomically here)
             Keystore(mode=keys.mode, secret=keys.secret, seeded=seeded, scheme=scheme.describe(),
                      dataset=manifest["id"]).save(keystore)
-        write_manifest(out, manifest)
+        folder.write_manifest(manifest)
     return manifest
 
 
-def _encrypt_split(source, split, out, scheme, keys, fmt, shard_size, batch_size, expand, manifest, progress):
+def _encrypt_split(source, split, folder, scheme, keys, fmt, shard_size, batch_size, expand, manifest, progress):
+    out = folder.path
     count = 0
+    images_in = 0
     skipped_before = len(source.skipped)
     bar = tqdm(total=source.count(split), desc=f"encrypt {split}", unit="img", disable=not progress,
                leave=False)
@@ -113,7 +117,7 @@ def _encrypt_split(source, split, out, scheme, keys, fmt, shard_size, batch_size
         elif tuple(manifest["shape"]) != shape:
             raise PpdataError(f"split {split} has images of shape {shape}, others {tuple(manifest['shape'])}")
         writer = make_writer(fmt, out, split, shape, shard_size,
-                             attrs={"classes": source.classes, "scheme": scheme.describe()})
+                             attrs={"classes": source.classes, "scheme": scheme.describe()}, claim=folder.claim)
         with WriterThread(writer) as worker:
             for batch in itertools.chain([first], batches):
                 names, images, labels, kidx = expand(batch, split)
@@ -122,6 +126,7 @@ def _encrypt_split(source, split, out, scheme, keys, fmt, shard_size, batch_size
                     images = scheme.encrypt(images, k)
                 worker.put(names, images, labels)
                 count += len(names)
+                images_in += len(batch)
                 bar.update(len(batch))
             shards = worker.finish()
     finally:
@@ -129,6 +134,10 @@ def _encrypt_split(source, split, out, scheme, keys, fmt, shard_size, batch_size
     skipped = source.skipped[skipped_before:]
     if skipped:
         log.warning("split %s: skipped %d unreadable image(s)", split, len(skipped))
+    expected = source.count(split)
+    if expected is not None and images_in + len(skipped) != expected:
+        raise PpdataError(f"split {split} of {source.name}: read {images_in} images and skipped {len(skipped)}, "
+                          f"but the source lists {expected}")
     return {
         "count": count,
         "skipped": {"count": len(skipped), "files": [{"index": s.index, "path": s.path, "reason": s.reason}
@@ -138,16 +147,21 @@ def _encrypt_split(source, split, out, scheme, keys, fmt, shard_size, batch_size
 
 
 def decrypt(directory: str | Path, keystore: str | Path, out: str | Path, *, fmt: str | None = None,
-            overwrite: bool = False, batch_size: int = 1024, progress: bool = True) -> dict | None:
+            overwrite: bool = False, batch_size: int = 1024, progress: bool = True, verify: bool = True) -> dict:
     """Decrypt a shard folder with its keystore into plain shards (``fmt`` webdataset/hdf5, default:
-    as the input) or a PNG ImageFolder tree (``fmt="png"``: OUT/<split>/<class>/<key>.png)."""
+    as the input) or a PNG ImageFolder tree (``fmt="png"``: OUT/<split>/<class>/<key>.png, with a
+    manifest listing every file). Every shard is checked as it is read (``verify``: sha256 too);
+    the output's counts are what was written, checked against the input's manifest."""
     manifest = read_manifest(directory)
     store = Keystore.load(keystore)
     scheme = scheme_from_manifest(manifest["scheme"])
     if not scheme.encrypted:
         raise PpdataError(f"{directory} holds plain images; nothing to decrypt")
     kinfo = manifest.get("keys") or {}
-    if kinfo.get("key_id") and kinfo["key_id"] != store.key_id:
+    if not kinfo.get("key_id"):
+        raise PpdataError(f"{directory}: the manifest records no key id, so the keystore cannot be checked "
+                          f"against it (a wrong key would decrypt to noise); refusing to decrypt")
+    if kinfo["key_id"] != store.key_id:
         raise PpdataError(f"keystore {keystore} does not belong to {directory} "
                           f"(key id {store.key_id}, the data needs {kinfo['key_id']})")
     if kinfo.get("mode") and kinfo["mode"] != store.mode:
@@ -158,29 +172,34 @@ def decrypt(directory: str | Path, keystore: str | Path, out: str | Path, *, fmt
     stream = store.stream()
     fmt = fmt or manifest["format"]
     if fmt == "png":
-        return _decrypt_png(directory, manifest, scheme, stream, index_of, Path(out), overwrite, batch_size, progress)
+        return _decrypt_png(directory, manifest, scheme, stream, index_of, Path(out), overwrite, batch_size,
+                            progress, verify)
     from .cipher import PlainScheme
 
     plain = PlainScheme()
     result = new_manifest(fmt, source={"name": "decrypt", "parent": manifest["id"]}, scheme=plain.describe(),
                           keys=None, shape=manifest["shape"], classes=manifest.get("classes", []),
                           options={"decrypted_from": manifest.get("scheme")})
-    with OutputFolder(out, overwrite=overwrite):
+    with OutputFolder(out, overwrite=overwrite) as folder:
         for sp in manifest["splits"]:
-            ss = ShardSet(directory, sp, manifest)
-            writer = make_writer(fmt, out, sp, ss.shape, manifest.get("options", {}).get("shard_size", 10000),
-                                 attrs={"classes": ss.classes, "scheme": plain.describe()})
+            ss = ShardSet(directory, sp, manifest, verify=verify)
+            writer = make_writer(fmt, folder.path, sp, ss.shape, manifest.get("options", {}).get("shard_size", 10000),
+                                 attrs={"classes": ss.classes, "scheme": plain.describe()}, claim=folder.claim)
+            written = 0
             try:
                 for s in tqdm(ss.batches(batch_size), desc=f"decrypt {sp}", disable=not progress, leave=False):
                     k = scheme.derive_keys(stream, sp, index_of(s.keys, sp), ss.shape)
                     writer.write(list(s.keys), scheme.decrypt(s.images, k), s.labels)
+                    written += len(s)
                 shards = writer.close()
             except BaseException:
                 writer.abort()
                 raise
-            result["splits"][sp] = {"count": len(ss), "skipped": ss.info.get("skipped"),
+            if written != len(ss):
+                raise PpdataError(f"{directory}: split {sp} gave {written} samples, the manifest says {len(ss)}")
+            result["splits"][sp] = {"count": written, "skipped": ss.info.get("skipped"),
                                     "shards": [x.to_json() for x in shards]}
-        write_manifest(out, result)
+        folder.write_manifest(result)
     return result
 
 
@@ -197,20 +216,41 @@ def key_indexer(manifest: dict) -> Callable:
     return key_index
 
 
-def _decrypt_png(directory, manifest, scheme, stream, index_of, out: Path, overwrite, batch_size, progress):
+def _decrypt_png(directory, manifest, scheme, stream, index_of, out: Path, overwrite, batch_size, progress,
+                 verify) -> dict:
+    """OUT/<split>/<class>/<key>.png for every sample, and OUT/manifest.json (format "png") listing
+    every file with its size: the folder's own record of what ppdata wrote there."""
     from PIL import Image
 
-    classes = manifest.get("classes") or []
-    with OutputFolder(out, overwrite=overwrite):
+    classes = [check_class(c) for c in manifest.get("classes") or []]
+    result = {"format": "png", "manifest_version": manifest.get("manifest_version"),
+              "source": {"name": "decrypt", "parent": manifest["id"]}, "shape": manifest["shape"],
+              "classes": classes, "splits": {}, "files": {}}
+    with OutputFolder(out, overwrite=overwrite) as folder:
         for sp in manifest["splits"]:
-            ss = ShardSet(directory, sp, manifest)
+            ss = ShardSet(directory, sp, manifest, verify=verify)
+            made: set[str] = set()
+            written = 0
             for s in tqdm(ss.batches(batch_size), desc=f"decrypt {sp}", disable=not progress, leave=False):
                 k = scheme.derive_keys(stream, sp, index_of(s.keys, sp), ss.shape)
                 plain = scheme.decrypt(s.images, k)
-                for key, img, label in zip(s.keys, plain, s.labels):
-                    cls = classes[label] if 0 <= label < len(classes) else str(label)
-                    d = out / sp / cls
-                    d.mkdir(parents=True, exist_ok=True)
-                    Image.fromarray(img).save(d / f"{key}.png")
-    return None
-
+                rels = []
+                for key, label in zip(s.keys, s.labels):
+                    cls = classes[label] if 0 <= label < len(classes) else str(int(label))
+                    rels.append(f"{sp}/{cls}/{check_sample_key(str(key))}.png")
+                dirs = sorted({r.rsplit("/", 1)[0] for r in rels} - made)
+                folder.claim(*[sp] * (sp not in made), *dirs, *rels)
+                for d in dirs:
+                    (folder.path / d).mkdir(parents=True, exist_ok=True)
+                    made.add(d)
+                made.add(sp)
+                for rel, img in zip(rels, plain):
+                    if rel in result["files"]:
+                        raise PpdataError(f"{directory}: sample {rel.rsplit('/', 1)[1][:-4]} appears twice in split {sp}")
+                    path = folder.path / rel
+                    Image.fromarray(img).save(path, format="PNG")
+                    result["files"][rel] = path.stat().st_size
+                written += len(s)
+            result["splits"][sp] = {"count": written}
+        folder.write_manifest(result)
+    return result

@@ -32,8 +32,8 @@ import io
 import logging
 import os
 import re
-import tarfile
-from collections import deque
+import warnings
+from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
@@ -41,9 +41,11 @@ from pathlib import Path, PurePosixPath
 from typing import Iterator, Sequence
 
 import numpy as np
-from PIL import Image, ImageFile
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from .archive import checked_members, compression, drain, index_tar, open_archive, read_member
 from .errors import PpdataError
+from .names import check_class, check_path_text
 
 log = logging.getLogger("ppdata")
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # truncated files must fail, not decode half-grey
@@ -239,15 +241,52 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def decode_image(data: bytes | os.PathLike | str, resize: tuple[int, int] | None = None) -> np.ndarray:
-    """Decode one image file to (H, W, 3) uint8, converting its mode; optional resize (H, W)."""
+MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb threshold (about 0.25 GiB of RGBA)
+MAX_SIDE = 16384  # the largest --resize side
+
+
+class ImageTooLarge(ValueError):
+    """An image whose header announces more pixels than the limit (a decompression bomb)."""
+
+
+def decode_image(data: bytes | os.PathLike | str, resize: tuple[int, int] | None = None,
+                 max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Decode one image file to (H, W, 3) uint8: EXIF orientation applied, mode converted to RGB,
+    optional resize (H, W). An image over ``max_pixels`` (from its header) is refused before its
+    pixels are decoded (``ImageTooLarge``)."""
     src = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
-    with Image.open(src) as img:
-        img.load()
-        img = to_rgb(img)
-        if resize is not None and img.size != (resize[1], resize[0]):
-            img = img.resize((resize[1], resize[0]), Image.Resampling.LANCZOS)
-        return np.asarray(img, dtype=np.uint8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            img = Image.open(src)
+        except Image.DecompressionBombError as e:
+            raise ImageTooLarge(f"{e}; the limit is {max_pixels:,} pixels") from None
+        with img:
+            w, h = img.size
+            if w * h > max_pixels:
+                raise ImageTooLarge(f"image is {w}x{h} = {w * h:,} pixels, over the limit of {max_pixels:,} "
+                                    f"(decompression bomb?)")
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            img = to_rgb(img)
+            if resize is not None and img.size != (resize[1], resize[0]):
+                img = img.resize((resize[1], resize[0]), Image.Resampling.LANCZOS)
+            return np.asarray(img, dtype=np.uint8)
+
+
+_REPR_RE = re.compile(r"<_io\.\w+ object at 0x[0-9a-fA-F]+>|'<_io\.\w+ object at 0x[0-9a-fA-F]+>'")
+
+
+def failure_reason(e: BaseException) -> str:
+    """A short, user-facing reason why an image could not be decoded (no object reprs)."""
+    if isinstance(e, ImageTooLarge):
+        return str(e)
+    if isinstance(e, UnidentifiedImageError):
+        return "not an image format that can be read"
+    text = _REPR_RE.sub("the data", str(e)).strip()
+    if "truncated" in text.lower():
+        return "truncated image data"
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
 @dataclass
@@ -255,6 +294,8 @@ class _Entry:
     split: str
     cls: str
     path: str  # relative path (directory) or member name (archive)
+    skip: str | None = None  # why this entry is never read (a superseded duplicate, a link member)
+    member: object = None  # its ppdata.archive.Member in an uncompressed tar
 
 
 def _layout(paths: list[str], origin: str) -> tuple[list[_Entry], bool]:
@@ -283,23 +324,43 @@ def _is_image(name: str) -> bool:
     return not base.startswith(".") and PurePosixPath(base).suffix.lower() in IMAGE_EXTENSIONS
 
 
+def _member_kind(m) -> str:
+    from .archive import member_kind
+
+    return member_kind(m)
+
+
 def _is_archive(path: Path) -> bool:
     name = path.name.lower()
     return path.is_file() and name.endswith((".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz"))
 
 
+def _unsafe_member(name: str) -> bool:
+    p = PurePosixPath(name)
+    return p.is_absolute() or ".." in p.parts or "\\" in name or "\0" in name
+
+
 class FolderSource(Source):
-    """An ImageFolder tree as a directory or a tar archive (streamed). See module docstring."""
+    """An ImageFolder tree as a directory or a tar archive (streamed). See module docstring.
+
+    Archives are read to their end and checked (``ppdata.archive``): a truncated or damaged
+    archive is an error, never a smaller dataset. Members that are not read are still counted
+    as skipped, with their reason, and keep their index: an earlier copy of a member that the
+    archive repeats (``tar -r`` appends; the later copy is the one ``tar -x`` keeps) and link
+    members. A member name that leaves the archive's tree (absolute, ``..``) refuses the archive.
+    """
 
     name = "folder"
 
     def __init__(self, path: str | os.PathLike, split: str | None = None, resize: tuple[int, int] | None = None,
-                 strict: bool = False, decode_threads: int = 2):
+                 strict: bool = False, decode_threads: int = 2, max_pixels: int = MAX_PIXELS):
         super().__init__()
+        check_path_text(path, "folder source")
         self.path = Path(path)
         self.resize = resize
         self.strict = strict
         self.decode_threads = decode_threads
+        self.max_pixels = max_pixels
         self.shape: tuple[int, int, int] | None = (resize[0], resize[1], 3) if resize else None
         self._shape_origin: str | None = None
         if not self.path.exists():
@@ -307,13 +368,19 @@ class FolderSource(Source):
         self.archive = _is_archive(self.path)
         if not self.archive and not self.path.is_dir():
             raise PpdataError(f"folder source {self.path} is neither a directory nor a .tar/.tar.gz archive")
-        names = self._list()
-        if not names:
+        listed = self._list()  # (name, skip reason or None, member or None)
+        if not any(skip is None for _, skip, _ in listed):
             raise PpdataError(f"folder source {self.path} holds no images")
+        names = [n for n, _, _ in listed]
         entries, has_splits = _layout(names, str(self.path))
         requested = None if split in (None, "all") else split
         if not has_splits:
             entries = [_Entry(requested or "train", e.cls, e.path) for e in entries]
+        for e, (_, skip, member) in zip(entries, listed):
+            e.skip = skip
+            e.member = member
+        for c in {e.cls for e in entries}:
+            check_class(c, f"{self.path}: class folder")
         self.classes = sorted({e.cls for e in entries})
         self._by_split: dict[str, list[_Entry]] = {}
         for e in entries:
@@ -323,18 +390,34 @@ class FolderSource(Source):
                 v.sort(key=lambda e: (e.cls, e.path))
         self._label = {c: i for i, c in enumerate(self.classes)}
 
-    def _list(self) -> list[str]:
-        if self.archive:
-            try:
-                with tarfile.open(self.path, "r|*") as tf:
-                    return [m.name for m in tf if m.isfile() and _is_image(m.name)]
-            except (tarfile.TarError, OSError, EOFError) as e:
-                raise PpdataError(f"cannot read archive {self.path}: {e}") from None
+    def _list(self) -> list[tuple[str, str | None, object]]:
+        if not self.archive:
+            out = []
+            for dirpath, dirnames, filenames in os.walk(self.path):
+                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+                rel = Path(dirpath).relative_to(self.path)
+                out.extend(((rel / f).as_posix(), None, None) for f in sorted(filenames) if _is_image(f))
+            return out
+        if compression(self.path) is None:
+            members = [(m.name, m.kind, m) for m in index_tar(self.path)]
+        else:
+            with open_archive(self.path) as stream:
+                members = [(m.name, "file" if m.isfile() else _member_kind(m), None)
+                           for m, _ in checked_members(stream, str(self.path))]
+        members = [(n, k, m) for n, k, m in members if _is_image(n)]
+        bad = next((n for n, _, _ in members if _unsafe_member(n)), None)
+        if bad is not None:
+            raise PpdataError(f"archive {self.path} holds member {bad!r}, whose name leaves the archive's tree "
+                              f"(absolute or '..'); refusing the archive")
+        last = {n: i for i, (n, _, _) in enumerate(members)}
         out = []
-        for dirpath, dirnames, filenames in os.walk(self.path):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            rel = Path(dirpath).relative_to(self.path)
-            out.extend((rel / f).as_posix() for f in sorted(filenames) if _is_image(f))
+        for i, (name, kind, member) in enumerate(members):
+            skip = None
+            if kind != "file":
+                skip = f"{kind} in the archive; not followed"
+            elif last[name] != i:
+                skip = "superseded by a later member of the same name in the archive (tar -r append)"
+            out.append((name, skip, member))
         return out
 
     def describe(self) -> dict:
@@ -349,32 +432,56 @@ class FolderSource(Source):
     def _raw(self, split: str) -> Iterator[tuple[int, _Entry, bytes | None, str | None]]:
         """(index, entry, bytes or None, error) in source order."""
         entries = self._by_split[split]
-        if self.archive:
-            wanted = {e.path: i for i, e in enumerate(entries)}
-            try:
-                with tarfile.open(self.path, "r|*") as tf:
-                    for m in tf:
-                        i = wanted.get(m.name)
-                        if i is None or not m.isfile():
-                            continue
-                        f = tf.extractfile(m)
-                        yield i, entries[i], f.read(), None
-            except (tarfile.TarError, OSError, EOFError) as e:
-                raise PpdataError(f"cannot read archive {self.path}: {e}") from None
-        else:
+        if not self.archive:
             for i, e in enumerate(entries):
                 try:
                     yield i, e, (self.path / e.path).read_bytes(), None
                 except OSError as err:
                     yield i, e, None, str(err.strerror or err)
+            return
+        if compression(self.path) is None:  # plain tar: read members by offset, no stream
+            with open(self.path, "rb") as f:
+                for i, e in enumerate(entries):
+                    if e.skip:
+                        yield i, e, None, e.skip
+                    else:
+                        yield i, e, read_member(f, e.member), None
+            return
+        # compressed: one pass over the stream; the k-th member named n is the k-th entry named n
+        by_name: dict[str, list[int]] = {}
+        for i, e in enumerate(entries):
+            by_name.setdefault(e.path, []).append(i)
+        seen: Counter = Counter()
+        done = 0
+        with open_archive(self.path) as stream:
+            for m, f in checked_members(stream, str(self.path)):
+                name = m.name
+                rows = by_name.get(name)
+                if rows is None or not _is_image(m.name):
+                    continue
+                k = seen[name]
+                seen[name] += 1
+                if k >= len(rows):
+                    raise PpdataError(f"archive {self.path} changed while it was read (member {m.name!r})")
+                i = rows[k]
+                e = entries[i]
+                done += 1
+                if e.skip:
+                    yield i, e, None, e.skip
+                else:
+                    yield i, e, f.read(), None
+            drain(stream)
+        if done != len(entries):
+            raise PpdataError(f"archive {self.path} changed while it was read: {done} of {len(entries)} "
+                              f"members of split {split} found")
 
     def _decode(self, item):
         i, e, data, err = item
         if err is None:
             try:
-                return i, e, decode_image(data, self.resize), None
+                return i, e, decode_image(data, self.resize, self.max_pixels), None
             except Exception as ex:  # noqa: BLE001  (Pillow raises many types for bad files)
-                return i, e, None, f"{type(ex).__name__}: {ex}"
+                return i, e, None, failure_reason(ex)
         return i, e, None, err
 
     def _origin(self, e: _Entry) -> str:

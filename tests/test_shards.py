@@ -87,8 +87,11 @@ def test_generic_reader_for_foreign_tars(tmp_path):
     with wds.TarWriter(str(d / "train-000000.tar")) as w:
         for i in range(4):
             w.write({"__key__": f"train_{i:06d}", "npy": x[i], "cls": int(y[i])})
+    import hashlib
+
+    sha = hashlib.sha256((d / "train-000000.tar").read_bytes()).hexdigest()
     manifest = {"format": "webdataset", "shape": [8, 6, 3], "classes": [],
-                "splits": {"train": {"count": 4, "shards": [{"name": "train-000000.tar", "count": 4, "sha256": ""}]}}}
+                "splits": {"train": {"count": 4, "shards": [{"name": "train-000000.tar", "count": 4, "sha256": sha}]}}}
     (d / "manifest.json").write_text(json.dumps(manifest))
     s = open_shards(d, "train").load()
     np.testing.assert_array_equal(s.images, x)
@@ -140,9 +143,13 @@ def test_output_folder_not_empty_refused_then_overwrite(tmp_path):
     with pytest.raises(PpdataError, match="not empty.*--overwrite"):
         run(tmp_path / "s")
     (tmp_path / "s" / "notes.txt").write_text("mine")
+    with pytest.raises(PpdataError, match="did not write.*notes.txt"):
+        run(tmp_path / "s", shard_size=100, overwrite=True)
+    assert (tmp_path / "s" / "notes.txt").read_text() == "mine" and (tmp_path / "s" / "manifest.json").exists()
+    (tmp_path / "s" / "notes.txt").unlink()
     run(tmp_path / "s", shard_size=100, overwrite=True)
     names = sorted(os.listdir(tmp_path / "s"))
-    assert names == ["manifest.json", "notes.txt", "test-000000.tar", "train-000000.tar"]
+    assert names == ["manifest.json", "test-000000.tar", "train-000000.tar"]
 
 
 def test_keystore_inside_output_refused(tmp_path):
@@ -179,12 +186,13 @@ def test_disk_full_leaves_nothing_that_looks_complete(tmp_path, monkeypatch):
         self._f = _FullDisk(self._f, 3 * 2048 if len(self.shards) == 2 else 10**9)
 
     monkeypatch.setattr(WebDatasetWriter, "_open", failing_open)
+    (tmp_path / "s").mkdir()
     with pytest.raises(PpdataError, match="disk full while writing .*train-000002.tar.part"):
         run(tmp_path / "s")
-    names = sorted(os.listdir(tmp_path / "s"))
-    assert "manifest.json" not in names and INCOMPLETE in names
-    assert not any(n.endswith(".part") for n in names)
-    with pytest.raises(PpdataError, match="interrupted run"):
+    # the failed run removed what it wrote (completed shards included); the folder it did not
+    # create stays, empty
+    assert os.listdir(tmp_path / "s") == []
+    with pytest.raises(PpdataError, match="no manifest.json"):
         open_shards(tmp_path / "s", "train")
     monkeypatch.undo()
     run(tmp_path / "s")  # rerun works without --overwrite

@@ -1,0 +1,196 @@
+"""HDF5 split files: ``<split>.h5`` with ``images`` (N,H,W,3) uint8, ``labels`` (N,) int64 and
+``keys`` (N,) ASCII strings; attributes ``split``, ``count``, ``classes``/``scheme`` (JSON),
+``ppdata_version``.
+
+``images`` is chunked by whole images, about 1 MiB per chunk (``hdf5_chunk_images``), uncompressed:
+training reads contiguous runs of samples, never single random images. ``read_h5`` reads in
+blocks that are whole multiples of the chunk and checks, against the manifest: the datasets'
+presence, dtypes and shapes, the count, labels within the classes, the keys' form, and (``sha256``)
+the file's hash, read before the file is opened. h5py's errors come back naming the file.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+from .. import __version__
+from ..errors import PpdataError
+from ..fileio import file_sha256, io_error
+from ..names import SAMPLE_KEY_RE, h5_name
+from .manifest import ShardInfo
+from .samples import Samples
+
+
+def hdf5_chunk_images(shape) -> int:
+    """Images per HDF5 chunk: about 1 MiB of pixels, at least 1."""
+    return max(1, (1 << 20) // int(np.prod(shape)))
+
+
+def _no_claim(*names):
+    return None
+
+
+class HDF5Writer:
+    """Writes ``DIR/<split>.h5`` (temporary ``.part``): images, labels, keys + attributes.
+
+    ``claim(*names)``: called with each file name before it is created (``OutputFolder.claim``)."""
+
+    format = "hdf5"
+
+    def __init__(self, directory: str | os.PathLike, split: str, shape, attrs: dict | None = None,
+                 claim: Callable = _no_claim, **_):
+        import h5py
+
+        self.dir = Path(directory)
+        self.split = split
+        self.shape = tuple(shape)
+        name = h5_name(split)
+        claim(name + ".part", name)
+        self.final = self.dir / name
+        self._part = self.dir / (name + ".part")
+        self.count = 0
+        try:
+            self._h5 = h5py.File(self._part, "w")
+            chunk = hdf5_chunk_images(self.shape)
+            self._images = self._h5.create_dataset(
+                "images", shape=(0, *self.shape), maxshape=(None, *self.shape), dtype=np.uint8,
+                chunks=(chunk, *self.shape))
+            self._labels = self._h5.create_dataset("labels", shape=(0,), maxshape=(None,), dtype=np.int64,
+                                                   chunks=(max(chunk, 4096),))
+            self._keys = self._h5.create_dataset("keys", shape=(0,), maxshape=(None,),
+                                                 dtype=h5py.string_dtype("ascii"), chunks=(max(chunk, 4096),))
+            for k, v in (attrs or {}).items():
+                self._h5.attrs[k] = json.dumps(v) if isinstance(v, (dict, list)) else v
+            self._h5.attrs["split"] = split
+            self._h5.attrs["ppdata_version"] = __version__
+        except OSError as e:
+            raise io_error(e, self._part) from None
+        self.shards: list[ShardInfo] = []
+
+    def write(self, keys: Sequence[str], images: np.ndarray, labels: np.ndarray) -> None:
+        if images.shape[1:] != self.shape:
+            raise PpdataError(f"image shape {images.shape[1:]} differs from the folder's {self.shape}")
+        n = len(keys)
+        a, b = self.count, self.count + n
+        try:
+            for ds in (self._images, self._labels, self._keys):
+                ds.resize(b, axis=0)
+            self._images[a:b] = images
+            self._labels[a:b] = labels
+            self._keys[a:b] = np.array(keys, dtype=object)
+        except OSError as e:
+            raise io_error(e, self._part) from None
+        self.count = b
+
+    def close(self) -> list[ShardInfo]:
+        try:
+            self._h5.attrs["count"] = self.count
+            self._h5.close()
+            with open(self._part, "rb") as f:
+                os.fsync(f.fileno())
+            digest = file_sha256(self._part)
+            size = self._part.stat().st_size
+            os.replace(self._part, self.final)
+        except OSError as e:
+            raise io_error(e, self._part) from None
+        self.shards = [ShardInfo(self.final.name, self.count, digest, size)]
+        return self.shards
+
+    def abort(self) -> None:
+        try:
+            self._h5.close()
+        except Exception:  # noqa: BLE001
+            pass
+        if self._part.exists():
+            self._part.unlink()
+
+
+def _fail(path, text: str) -> PpdataError:
+    return PpdataError(f"HDF5 file {path}: {text}")
+
+
+class H5Split:
+    """An open ``<split>.h5`` checked against the manifest (use as a context manager)."""
+
+    def __init__(self, path: Path, shape, count: int, *, sha256: str | None = None, size: int | None = None):
+        self.path = path
+        self.shape = tuple(shape)
+        self.count = count
+        try:
+            actual = path.stat().st_size
+        except OSError as e:
+            raise PpdataError(f"cannot read {path}: {e.strerror or e}") from None
+        if size is not None and actual != size:
+            raise _fail(path, f"is {actual} bytes, the manifest says {size} (truncated, extended or replaced)")
+        if sha256 and file_sha256(path) != sha256:
+            raise _fail(path, "sha256 differs from the manifest (file changed or damaged)")
+        import h5py
+
+        try:
+            self.f = h5py.File(path, "r")
+        except OSError as e:
+            raise _fail(path, f"cannot be opened ({_h5_text(e)})") from None
+        try:
+            self._check()
+        except BaseException:
+            self.f.close()
+            raise
+
+    def _check(self) -> None:
+        f, path = self.f, self.path
+        for name in ("images", "labels", "keys"):
+            if name not in f or not hasattr(f[name], "shape"):
+                raise _fail(path, f"has no {name!r} dataset")
+        images, labels, keys = f["images"], f["labels"], f["keys"]
+        if images.dtype != np.uint8 or tuple(images.shape[1:]) != self.shape:
+            raise _fail(path, f"images are {tuple(images.shape[1:])} {images.dtype}, the manifest says "
+                              f"{self.shape} uint8")
+        if labels.dtype.kind not in "iu":
+            raise _fail(path, f"labels are {labels.dtype}, not integers")
+        n = images.shape[0]
+        if labels.shape != (n,) or keys.shape != (n,):
+            raise _fail(path, f"holds {n} images, {labels.shape[0]} labels and {keys.shape[0]} keys")
+        if n != self.count:
+            raise _fail(path, f"holds {n} samples, the manifest says {self.count}")
+        self.chunk = (images.chunks or (hdf5_chunk_images(self.shape),))[0]
+
+    def blocks(self, batch_size: int, n_classes: int | None, start: int = 0, stop: int | None = None
+               ) -> Iterator[Samples]:
+        """Samples ``start:stop`` in blocks of about ``batch_size``, aligned to whole chunks."""
+        stop = self.count if stop is None else stop
+        step = max(self.chunk, (batch_size // self.chunk) * self.chunk)
+        a = start
+        while a < stop:
+            b = min(stop, (a // step + 1) * step)
+            try:
+                images = self.f["images"][a:b]
+                labels = self.f["labels"][a:b].astype(np.int64)
+                raw = self.f["keys"][a:b]
+            except (OSError, ValueError) as e:
+                raise _fail(self.path, f"cannot read samples {a}..{b} ({_h5_text(e)})") from None
+            if len(labels) and (labels.min() < 0 or (n_classes and labels.max() >= n_classes)):
+                raise _fail(self.path, f"a label of samples {a}..{b} is outside the manifest's classes")
+            keys = np.array([k.decode("ascii", "replace") if isinstance(k, bytes) else str(k) for k in raw])
+            for k in keys:
+                if not SAMPLE_KEY_RE.match(k):
+                    raise _fail(self.path, f"sample key {k!r} is not valid")
+            yield Samples(images, labels, keys)
+            a = b
+
+    def close(self) -> None:
+        self.f.close()
+
+    def __enter__(self) -> "H5Split":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _h5_text(e: BaseException) -> str:
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return text.replace("Unable to synchronously open file", "not a valid HDF5 file").strip()
