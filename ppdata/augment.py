@@ -44,7 +44,7 @@ from tqdm import tqdm
 from .cipher import PixelKey
 from .errors import PpdataError
 from .fileio import file_sha256
-from .names import check_split
+from .names import check_path_text, check_split
 from .shards import (MANIFEST, OutputFolder, Samples, ShardSet, WriterThread, make_writer, new_manifest,
                      read_manifest, tar_records)
 
@@ -433,7 +433,9 @@ def augment_folder(
     Memory: about ``resident_bytes`` plus a few write batches.
     """
     src = Path(directory)
-    parent = read_manifest(src)
+    parent = read_manifest(directory)
+    if out is not None:
+        check_path_text(out, "output folder (--out)")
     variants = list(variants) if variants is not None else variant_set()
     V = len(variants)
     out = Path(out) if out is not None else default_output(src, V)

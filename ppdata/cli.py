@@ -15,6 +15,9 @@ import click
 from . import __version__
 from .errors import PpdataError
 
+MAX_PIXELS = 89_478_485  # = ppdata.sources.MAX_PIXELS (kept here so --help needs no import)
+MAX_SIDE = 16384
+
 log = logging.getLogger("ppdata")
 
 
@@ -54,7 +57,19 @@ def _parse_size(value: str | None) -> tuple[int, int] | None:
             raise ValueError
     except ValueError:
         raise click.BadParameter(f"{value!r} is not HxW (e.g. 32x32)", param_hint="--resize") from None
+    if max(h, w) > MAX_SIDE:
+        raise click.BadParameter(f"{value!r}: each side must be at most {MAX_SIDE} pixels", param_hint="--resize")
     return h, w
+
+
+def _check_split_option(split: str | None) -> None:
+    from .names import check_split
+
+    if split not in (None, "all"):
+        try:
+            check_split(split, "--split")
+        except PpdataError as e:
+            raise click.BadParameter(str(e), param_hint="--split") from None
 
 
 class _Ctx:
@@ -87,7 +102,8 @@ def cli(ctx, quiet):
 @cli.command()
 @click.argument("source", type=click.Choice(["cifar10", "cifar100", "stl10", "folder", "sample"]))
 @click.argument("path", nargs=-1)
-@click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Output shard folder.")
+@click.option("--out", "-o", default="shards", show_default=True, type=click.Path(file_okay=False),
+              help="Output shard folder.")
 @click.option("--split", default="all", show_default=True, help="train, test, ... or all.")
 @click.option("--keys", "key_mode", type=click.Choice(["independent", "same"]), default="independent",
               show_default=True, help="A fresh key per image, or one key (from --key-file) for all.")
@@ -112,9 +128,11 @@ def cli(ctx, quiet):
 @click.option("--shard-size", type=click.IntRange(min=1), default=10000, show_default=True,
               help="Samples per tar shard.")
 @click.option("--resize", help="Resize every image to HxW (folder sources with mixed sizes).")
+@click.option("--max-pixels", type=click.IntRange(min=1), default=MAX_PIXELS, show_default=True,
+              help="Skip (and count) images whose header announces more pixels than this (decompression bombs).")
 @click.option("--root", default="data", show_default=True, help="Where torchvision datasets live.")
-@click.option("--download/--no-download", default=False, show_default=True,
-              help="Let torchvision download the dataset into --root.")
+@click.option("--download/--no-download", default=True, show_default=True,
+              help="Let torchvision download the dataset into --root when it is not there.")
 @click.option("--strict", is_flag=True, help="Abort on the first unreadable image instead of skipping it.")
 @click.option("--overwrite", is_flag=True, help="Replace ppdata's files in a non-empty --out.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=512, show_default=True)
@@ -124,7 +142,7 @@ def cli(ctx, quiet):
 @click.pass_obj
 @_errors
 def encrypt(obj, source, path, out, split, key_mode, key_file, keep_keys, seed, cs, plain, scheme, block_size,
-            fmt, shard_size, resize, root, download, strict, overwrite, batch_size, augment_spec):
+            fmt, shard_size, resize, max_pixels, root, download, strict, overwrite, batch_size, augment_spec):
     """Encrypt SOURCE into sharded archives, every image under its own key by default.
 
     SOURCE is cifar10, cifar100, stl10 (torchvision, --root/--download), folder PATH... (an
@@ -134,7 +152,7 @@ def encrypt(obj, source, path, out, split, key_mode, key_file, keep_keys, seed, 
 
     \b
     Examples:
-      ppdata encrypt cifar10 --keys independent --cs --out shards/
+      ppdata encrypt cifar10 --keys independent --cs            # writes shards/
       ppdata encrypt folder photos.tar.gz --split test --cs --out v/ --keep-keys ~/keys/v.json
       ppdata encrypt folder cifar10-jpeg/train.tar.gz cifar10-jpeg/test.tar.gz --cs --out s/
       ppdata encrypt sample --keys same --key-file ~/keys/k.json --out same/
@@ -148,6 +166,7 @@ def encrypt(obj, source, path, out, split, key_mode, key_file, keep_keys, seed, 
     from .sources import open_source
 
     size = _parse_size(resize)
+    _check_split_option(split)
     if plain:
         for name, v in (("--cs", cs), ("--key-file", key_file), ("--keep-keys", keep_keys), ("--seed", seed is not None),
                         ("--block-size", block_size)):
@@ -193,12 +212,14 @@ def encrypt(obj, source, path, out, split, key_mode, key_file, keep_keys, seed, 
         except ValueError as e:
             raise click.BadParameter(str(e), param_hint="--augment") from None
         expand, extra = plain_expand(variants, fill), {"augment": plain_manifest_entry(variants, fill)}
-    src = open_source(source, path, split=split, root=root, download=download, resize=size, strict=strict)
+    src = open_source(source, path, split=split, root=root, download=download, resize=size, strict=strict,
+                      max_pixels=max_pixels)
     if augment_spec and "train" not in src.select_splits(split):
         raise click.UsageError("--augment expands the train split, which this run does not encrypt")
     manifest = run(src, out, scheme=sch, keys=stream, fmt=fmt, split=split, shard_size=shard_size,
                    overwrite=overwrite, keystore=keep_keys, seeded=seeded, batch_size=batch_size,
-                   extra_options={"resize": list(size) if size else None, "strict": strict},
+                   extra_options={"resize": list(size) if size else None, "strict": strict,
+                                  "max_pixels": max_pixels, "exif_orientation": "applied"},
                    progress=not obj.quiet, **({"expand": expand, "extra_manifest": extra} if expand else {}))
     _summary(out, manifest)
     if not plain and key_mode == "independent" and not keep_keys:
@@ -253,9 +274,11 @@ def _summary(out, manifest) -> None:
 @click.option("--format", "fmt", type=click.Choice(["webdataset", "hdf5", "png"]),
               help="Plain shards (default: the input's format) or a PNG ImageFolder tree.")
 @click.option("--overwrite", is_flag=True, help="Replace ppdata's files in a non-empty --out.")
+@click.option("--no-verify", is_flag=True, help="Skip the sha256 check of every shard read (counts, shapes and "
+                                                "structure are still checked).")
 @click.pass_obj
 @_errors
-def decrypt(obj, directory, keystore, out, fmt, overwrite):
+def decrypt(obj, directory, keystore, out, fmt, overwrite, no_verify):
     """Decrypt a shard folder with its keystore (client side).
 
     \b
@@ -264,7 +287,7 @@ def decrypt(obj, directory, keystore, out, fmt, overwrite):
     """
     from .pipeline import decrypt as run
 
-    run(directory, keystore, out, fmt=fmt, overwrite=overwrite, progress=not obj.quiet)
+    run(directory, keystore, out, fmt=fmt, overwrite=overwrite, progress=not obj.quiet, verify=not no_verify)
     click.echo(f"{out}: decrypted {directory}")
 
 
@@ -274,11 +297,12 @@ def decrypt(obj, directory, keystore, out, fmt, overwrite):
 
 @cli.command()
 @click.argument("directory", type=click.Path(file_okay=False))
-@click.option("--verify", is_flag=True, help="Re-hash every shard against the manifest.")
+@click.option("--verify", is_flag=True, help="Read every shard whole and check it against the manifest: sha256, "
+                                            "sample counts, shapes, labels, keys, structure.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 @_errors
 def info(directory, verify, as_json):
-    """Summarise a shard folder; --verify re-hashes every shard (exit 1 on a mismatch).
+    """Summarise a shard folder; --verify reads and checks every shard (exit 1 on a mismatch).
 
     \b
     Example:
@@ -322,7 +346,9 @@ def info(directory, verify, as_json):
                 click.echo(f"MISMATCH  {p}", err=True)
             raise PpdataError(f"{len(problems)} shard(s) of {directory} failed verification")
         n = sum(len(v["shards"]) for v in m["splits"].values())
-        click.echo(f"verify    ok: {n} file(s) match their sha256")
+        total = sum(v["count"] for v in m["splits"].values())
+        click.echo(f"verify    ok: {n} file(s) match their sha256; {total} samples, counts, shapes, labels "
+                   f"and keys as the manifest says")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -355,7 +381,7 @@ def preview(directory, plain_path, output, split, count, plain_source, root, col
     m = read_manifest(directory)
     split = split or ("test" if "test" in m["splits"] else next(iter(m["splits"])))
     ss = ShardSet(directory, split, m)
-    shown = next(ss.batches(count))[:count]
+    shown = ss.head(min(count, len(ss)))
     images = shown.images
     if plain_source:
         src = open_source(plain_source, plain_path, split=split, root=root)

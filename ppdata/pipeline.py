@@ -17,7 +17,7 @@ from tqdm import tqdm
 from .cipher import Scheme, scheme_from_manifest
 from .errors import PpdataError
 from .keys import Keystore, KeyStream, check_new_keystore, is_inside
-from .names import check_class, check_sample_key, check_split
+from .names import check_class, check_path_text, check_sample_key, check_split
 from .shards import FORMATS, OutputFolder, ShardSet, WriterThread, make_writer, new_manifest, read_manifest
 from .sources import Batch, Source, key_index, sample_key  # noqa: F401 (key_index: public here too)
 
@@ -58,7 +58,7 @@ def encrypt(
     a seed (recorded in the manifest: such data is not private). extra_manifest: top-level
     manifest entries to add (e.g. ``augment`` for plain-domain augmentation, see ``key_indexer``).
     """
-    out = Path(out)
+    out = Path(check_path_text(out, "output folder (--out)"))
     if fmt not in FORMATS:
         raise PpdataError(f"unknown --format {fmt!r}; expected one of {', '.join(FORMATS)}")
     if scheme.encrypted and keys is None:
@@ -152,8 +152,9 @@ def decrypt(directory: str | Path, keystore: str | Path, out: str | Path, *, fmt
     as the input) or a PNG ImageFolder tree (``fmt="png"``: OUT/<split>/<class>/<key>.png, with a
     manifest listing every file). Every shard is checked as it is read (``verify``: sha256 too);
     the output's counts are what was written, checked against the input's manifest."""
+    check_path_text(out, "output folder (--out)")
     manifest = read_manifest(directory)
-    store = Keystore.load(keystore)
+    store = Keystore.load(check_path_text(keystore, "keystore (--keys)"))
     scheme = scheme_from_manifest(manifest["scheme"])
     if not scheme.encrypted:
         raise PpdataError(f"{directory} holds plain images; nothing to decrypt")

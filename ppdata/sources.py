@@ -196,16 +196,18 @@ class TorchvisionSource(ArraySource):
                 ds = cls(root=str(root), download=download, **kwargs)
             except RuntimeError as e:
                 if "not found" in str(e).lower() or "corrupted" in str(e).lower():
+                    hint = "" if download else "Drop --no-download to fetch it, or pass "
                     raise PpdataError(
-                        f"{name} ({s}) not found under --root {root}. Pass --download to fetch it, "
-                        f"--root DIR where it already is, or use `ppdata encrypt folder PATH` for an "
-                        f"ImageFolder tree or archive."
+                        f"{name} ({s}) not found under --root {root}. {hint or 'Pass '}--root DIR where it "
+                        f"already is, or use `ppdata encrypt folder PATH` for an ImageFolder tree or archive."
                     ) from None
                 raise
             except OSError as e:  # network failure during download
+                reason = getattr(e, "reason", None) or e.strerror or e
                 raise PpdataError(
-                    f"cannot download {name} into {root}: {e}. Without network, pass --root DIR where the "
-                    f"data already is, or use `ppdata encrypt folder PATH`."
+                    f"cannot download {name} into {root} ({reason}). Without network: put the dataset's "
+                    f"files under --root DIR (torchvision's layout) and pass --no-download, or use "
+                    f"`ppdata encrypt folder PATH` for an ImageFolder tree or archive."
                 ) from None
             if name == "stl10":
                 images = np.ascontiguousarray(ds.data.transpose(0, 2, 3, 1))
@@ -600,8 +602,8 @@ class SampleSource(FolderSource):
 
     name = "sample"
 
-    def __init__(self, split: str | None = None, strict: bool = False, resize=None):
-        super().__init__(sample_archive(), split=split, strict=strict, resize=resize)
+    def __init__(self, split: str | None = None, strict: bool = False, resize=None, max_pixels: int = MAX_PIXELS):
+        super().__init__(sample_archive(), split=split, strict=strict, resize=resize, max_pixels=max_pixels)
 
     def describe(self) -> dict:
         return {"name": "sample"}
@@ -639,18 +641,18 @@ def originals(source: Source, split: str, keys) -> np.ndarray:
 
 def open_source(name: str, path: str | Sequence[str] | None = None, *, split: str | None = None,
                 root: str = "data", download: bool = False, resize: tuple[int, int] | None = None,
-                strict: bool = False) -> Source:
+                strict: bool = False, max_pixels: int = MAX_PIXELS) -> Source:
     """Open a source by CLI name: cifar10, cifar100, stl10, folder (needs one or more ``path``), sample."""
     paths = [path] if isinstance(path, (str, os.PathLike)) else list(path or [])
     if name == "folder":
         if not paths:
             raise PpdataError("source 'folder' needs a PATH (a directory or .tar/.tar.gz archive)")
-        parts = [FolderSource(p, split=split, resize=resize, strict=strict) for p in paths]
+        parts = [FolderSource(p, split=split, resize=resize, strict=strict, max_pixels=max_pixels) for p in paths]
         return parts[0] if len(parts) == 1 else MultiFolderSource(parts)
     if paths:
         raise PpdataError(f"source {name!r} takes no PATH (use --root DIR for torchvision data)")
     if name == "sample":
-        return SampleSource(split=split, strict=strict, resize=resize)
+        return SampleSource(split=split, strict=strict, resize=resize, max_pixels=max_pixels)
     if name in _TORCHVISION:
         if resize:
             raise PpdataError("--resize is only supported for folder and sample sources")

@@ -102,7 +102,8 @@ def test_runtime_errors_exit_1_with_one_line(runner, tmp_path):
         (["encrypt", "sample", "--out", tmp_path / "t", "--keep-keys", tmp_path / "t" / "k.json"], "inside the output"),
         (["encrypt", "sample", "--out", tmp_path / "u", "--keep-keys", tmp_path / "nodir" / "k.json"], "not writable"),
         (["encrypt", "folder", tmp_path / "missing", "--out", tmp_path / "v"], "does not exist"),
-        (["encrypt", "cifar10", "--root", tmp_path / "nodata", "--out", tmp_path / "w"], "--download"),
+        (["encrypt", "cifar10", "--no-download", "--root", tmp_path / "nodata", "--out", tmp_path / "w"],
+         "--no-download"),
         (["encrypt", "sample", "--split", "val", "--out", tmp_path / "x"], "split 'val'"),
         (["info", tmp_path / "nothing"], "does not exist"),
         (["decrypt", tmp_path / "s", "--keys", tmp_path / "nokeys.json", "--out", tmp_path / "y"], "nokeys.json"),
@@ -124,9 +125,40 @@ def test_wrong_keystore_refused(runner, tmp_path):
     assert r.exit_code == 1 and "does not belong" in r.output
 
 
+def test_promised_first_command_writes_shards_and_downloads_by_default(runner, tmp_path, monkeypatch):
+    """`ppdata encrypt cifar10 --keys independent --cs` (no --out): torchvision is asked to download
+    (with its progress bar) into data/, the output goes to shards/; offline, one line says what to do."""
+    import urllib.error
+
+    import torchvision.datasets as tvd
+
+    asked = []
+
+    class FakeCIFAR10:
+        classes = [f"c{i}" for i in range(10)]
+
+        def __init__(self, root, train, download):
+            asked.append(download)
+            if not (tmp_path / "online").exists():
+                raise urllib.error.URLError("Name or service not known")
+            rng = np.random.default_rng(int(train))
+            self.data = rng.integers(0, 256, (20 if train else 10, 32, 32, 3), dtype=np.uint8)
+            self.targets = rng.integers(0, 10, len(self.data)).tolist()
+
+    monkeypatch.setattr(tvd, "CIFAR10", FakeCIFAR10)
+    monkeypatch.chdir(tmp_path)
+    r = runner.invoke(cli, ["-q", "encrypt", "cifar10", "--keys", "independent", "--cs"])
+    assert r.exit_code == 1 and asked == [True]
+    assert "cannot download cifar10" in r.output and "--no-download" in r.output and "folder PATH" in r.output
+    assert r.output.strip().count("\n") == 0 and not (tmp_path / "shards").exists()
+    (tmp_path / "online").mkdir()
+    r = runner.invoke(cli, ["-q", "encrypt", "cifar10", "--keys", "independent", "--cs"])
+    assert r.exit_code == 0, r.output
+    assert open_shards(tmp_path / "shards", "train").scheme["cs"] and len(open_shards("shards", "test")) == 10
+
+
 def test_usage_errors_exit_2(runner, tmp_path):
     cases = [
-        ["encrypt", "sample"],  # no --out
         ["encrypt", "imagenet", "--out", str(tmp_path / "a")],
         ["encrypt", "sample", "--keys", "same", "--out", str(tmp_path / "b")],  # no --key-file
         ["encrypt", "sample", "--plain", "--cs", "--out", str(tmp_path / "c")],

@@ -146,7 +146,7 @@ def test_missing_torchvision_dataset_gives_one_clear_message(tmp_path):
     with pytest.raises(PpdataError) as e:
         TorchvisionSource("cifar10", root=tmp_path, download=False)
     msg = str(e.value)
-    assert "--download" in msg and "--root" in msg and "folder" in msg and "\n" not in msg
+    assert "--no-download" in msg and "--root" in msg and "folder" in msg and "\n" not in msg
 
 
 def test_torchvision_cifar_layout(tmp_path):

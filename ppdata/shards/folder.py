@@ -78,6 +78,20 @@ def _journal_header(path: Path) -> dict:
     return lines[0] if lines and "run" in lines[0] else {}
 
 
+_OLD_MARKER = b"a ppdata run is writing this folder"
+
+
+def _is_journal(path: Path, lines: list[dict]) -> bool:
+    """A journal ppdata wrote: a JSON header naming a run (or the plain marker of ppdata 0.1)."""
+    if lines and "run" in lines[0]:
+        return True
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(_OLD_MARKER)) == _OLD_MARKER
+    except OSError:
+        return False
+
+
 def _relative(name) -> str | None:
     """A journal/manifest entry as a safe relative path (no '..', not absolute), else None."""
     if not isinstance(name, str) or not name or "\\" in name or "\0" in name:
@@ -181,12 +195,15 @@ class OutputFolder:
             return
         files, folders = owned_by_manifest(p)
         journal = _journal_lines(p) if JOURNAL in entries else []
+        ours_journal = JOURNAL in entries and _is_journal(p / JOURNAL, journal)
+        if not ours_journal:
+            journal = []
         claimed = {rel for item in journal if (rel := _relative(item.get("claim"))) is not None}
-        interrupted = JOURNAL in entries and MANIFEST not in entries
+        interrupted = ours_journal and MANIFEST not in entries
         if not (self.overwrite or interrupted):
             raise PpdataError(f"output folder {p} is not empty ({len(entries)} entries); pass --overwrite to "
                               f"replace ppdata's files there, or choose another {self.what}")
-        ours_top = {r.split("/", 1)[0] for r in files | folders | claimed} | {JOURNAL}
+        ours_top = {r.split("/", 1)[0] for r in files | folders | claimed} | ({JOURNAL} if ours_journal else set())
         foreign = [e for e in entries if e not in ours_top]
         foreign += self._foreign_inside(folders | {r for r in claimed if (p / r).is_dir()}, files, claimed)
         if foreign:

@@ -312,6 +312,10 @@ def read_tar(path: Path, shape, count: int, *, sha256: str | None = None, size: 
     if size is not None and actual != size:
         raise _fail(path, f"is {actual} bytes, the manifest says {size} (truncated, extended or replaced)")
     h = hashlib.sha256() if sha256 else None
+    if actual != count * rec + _END and _ppdata_layout(path, shape, rec, actual):
+        have = (actual - _END) / rec
+        raise _fail(path, f"is {actual} bytes, which is {have:g} records of {tuple(shape)} images, but the manifest "
+                          f"says {count} samples (truncated, extended or the manifest was edited)")
     if actual == count * rec + _END:
         done = 0
         try:
@@ -343,6 +347,20 @@ def read_tar(path: Path, shape, count: int, *, sha256: str | None = None, size: 
             raise _fail(path, f"holds {got} samples, the manifest says {count}")
     if h is not None and h.hexdigest() != sha256:
         raise _fail(path, "sha256 differs from the manifest (file changed or damaged)")
+
+
+def _ppdata_layout(path: Path, shape, rec: int, actual: int) -> bool:
+    """True if the shard's first record is a ppdata record for ``shape`` (then its whole file must
+    follow that layout; other writers' tars take the generic path)."""
+    if actual < rec:
+        return False
+    try:
+        with open(path, "rb") as f:
+            first = np.frombuffer(f.read(rec), np.uint8)
+        parse_records(first.reshape(1, rec), shape, path)
+    except (OSError, PpdataError, ValueError):
+        return False
+    return True
 
 
 class _HashingReader(io.RawIOBase):
