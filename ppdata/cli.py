@@ -417,10 +417,12 @@ def preview(directory, plain_path, output, split, count, plain_source, root, col
               help="Input images held in memory at once (with their mirror images); a larger split goes "
                    "through temporary buckets in OUT.")
 @click.option("--overwrite", is_flag=True, help="Replace ppdata's files in a non-empty --out.")
+@click.option("--no-verify", is_flag=True, help="Skip the sha256 check of the shards read (counts, shapes and "
+                                                "structure are still checked).")
 @click.pass_obj
 @_errors
 def augment(obj, directory, out, split, flip, shift, shifts, fill, seed, shard_size, copy_splits, memory,
-            overwrite):
+            overwrite, no_verify):
     """Expand the train split of an (encrypted) shard folder by flips and shifts, without any key.
 
     Every image becomes all combinations of the flips and the translations (default x8: 50,000
@@ -445,7 +447,7 @@ def augment(obj, directory, out, split, flip, shift, shifts, fill, seed, shard_s
         log.info("no --out given: writing to %s", out)
     m = augment_folder(directory, out, variants=variants, fill=fill, seed=seed, split=split,
                        shard_size=shard_size, overwrite=overwrite, link=not copy_splits,
-                       resident_bytes=memory << 20, progress=not obj.quiet)
+                       resident_bytes=memory << 20, progress=not obj.quiet, verify=not no_verify)
     a = m["augment"]
     others = [f"{sp} {v['count']} carried over" for sp, v in m["splits"].items() if sp != split]
     click.echo(f"{out}: {split} {a['parent']['count']} -> {m['splits'][split]['count']} ({a['factor']}x: "

@@ -9,10 +9,13 @@ key material
     Per-image bytes expanded from the secret by ChaCha20 (RFC 8439 block function, run by
     OpenSSL through ``cryptography``). Image ``i`` of split ``s`` gets the keystream that
     starts at block ``i * ceil(nbytes / 64)`` of the stream whose 96-bit nonce is
-    ``SHA-256(label)[:8] || group`` with ``label = "ppdata/<mode>/<split>"``. So the material
-    of an image depends only on (secret, mode, split, index, nbytes): batch size, order of
-    processing and skipped images do not change anyone's key, and any image can be decrypted
-    on its own.
+    ``SHA-256(label)[:8] || group``. Derivation 2 (the default) labels the stream
+    ``"ppdata/v2/key/<mode>/<split>/<context>"``, where the context (``bind``) is the scheme,
+    its options and the image shape, so one secret reused across schemes or sizes never gives
+    two of them the same bytes; derivation 1 (ppdata 0.1 folders, no ``derivation`` in their
+    manifest) used ``"ppdata/key/<mode>/<split>"``. So the material of an image depends only on
+    (secret, mode, split, context, index, nbytes): batch size, order of processing and skipped
+    images do not change anyone's key, and any image can be decrypted on its own.
 modes
     ``independent``: every image gets its own material (the paper's proposal). Under a
     pseudorandom function the per-image keys are computationally independent: knowing the
@@ -50,6 +53,8 @@ log = logging.getLogger("ppdata")
 
 SECRET_BYTES = 32
 MODES = ("independent", "same")
+DERIVATIONS = (1, 2)
+DERIVATION = 2  # what new data is encrypted with
 KEYSTORE_FORMAT = "ppdata-keystore"
 KEYSTORE_VERSION = 1
 
@@ -88,23 +93,40 @@ class KeyStream:
     are produced by one ChaCha20 call. In ``same`` mode every row is the same material.
     """
 
-    def __init__(self, secret: bytes, mode: str = "independent"):
+    def __init__(self, secret: bytes, mode: str = "independent", derivation: int = DERIVATION,
+                 context: bytes = b""):
         if len(secret) != SECRET_BYTES:
             raise ValueError(f"secret must be {SECRET_BYTES} bytes, got {len(secret)}")
         if mode not in MODES:
             raise ValueError(f"unknown key mode {mode!r}; expected one of {MODES}")
+        if derivation not in DERIVATIONS:
+            raise ValueError(f"unknown key derivation {derivation!r}; this ppdata knows {DERIVATIONS}")
         self.secret = bytes(secret)
         self.mode = mode
+        self.derivation = derivation
+        self.context = bytes(context)
         self._same_cache: dict[tuple[str, int], np.ndarray] = {}
+        self._bound: dict[bytes, KeyStream] = {}
 
     @property
     def key_id(self) -> str:
         return key_id(self.secret)
 
+    def bind(self, context: bytes) -> "KeyStream":
+        """This secret's stream for one purpose (a scheme, its options and an image shape; see
+        the module docstring). Derivation 1 has no contexts: the stream itself."""
+        if self.derivation == 1 or context == self.context:
+            return self
+        if context not in self._bound:
+            self._bound[context] = KeyStream(self.secret, self.mode, self.derivation, context)
+        return self._bound[context]
+
     def _label(self, kind: str, split: str) -> bytes:
         if self.mode == "same":
             split = "*"  # one key for every split
-        return hashlib.sha256(f"ppdata/{kind}/{self.mode}/{split}".encode()).digest()[:8]
+        if self.derivation == 1:
+            return hashlib.sha256(f"ppdata/{kind}/{self.mode}/{split}".encode()).digest()[:8]
+        return hashlib.sha256(f"ppdata/v2/{kind}/{self.mode}/{split}/".encode() + self.context).digest()[:8]
 
     def _rows(self, kind: str, split: str, indices: np.ndarray, nbytes: int) -> np.ndarray:
         bpi = max(1, -(-nbytes // 64))
@@ -234,8 +256,10 @@ class Keystore:
     def key_id(self) -> str:
         return key_id(self.secret)
 
-    def stream(self) -> KeyStream:
-        return KeyStream(self.secret, self.mode)
+    def stream(self, derivation: int = DERIVATION) -> KeyStream:
+        """The key stream; ``derivation``: the one the data was encrypted with (its manifest's
+        ``keys.derivation``, 1 when absent)."""
+        return KeyStream(self.secret, self.mode, derivation)
 
     def to_json(self) -> dict:
         return {

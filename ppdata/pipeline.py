@@ -16,7 +16,8 @@ from tqdm import tqdm
 
 from .cipher import Scheme, scheme_from_manifest
 from .errors import PpdataError
-from .keys import Keystore, KeyStream, check_new_keystore, is_inside
+from . import __version__
+from .keys import DERIVATIONS, Keystore, KeyStream, check_new_keystore, is_inside
 from .names import check_class, check_path_text, check_sample_key, check_split
 from .shards import FORMATS, OutputFolder, ShardSet, WriterThread, make_writer, new_manifest, read_manifest
 from .sources import Batch, Source, key_index, sample_key  # noqa: F401 (key_index: public here too)
@@ -75,7 +76,7 @@ def encrypt(
         check_split(sp, "source split")
     key_info = None
     if scheme.encrypted:
-        key_info = {"mode": keys.mode, "key_id": keys.key_id, "seeded": bool(seeded)}
+        key_info = {"mode": keys.mode, "key_id": keys.key_id, "seeded": bool(seeded), "derivation": keys.derivation}
     options = {"shard_size": shard_size, "batch_size": batch_size, **(extra_options or {})}
     manifest = new_manifest(fmt, source=source.describe(), scheme=scheme.describe(), keys=key_info,
                             shape=None, classes=source.classes, options=options)
@@ -170,7 +171,10 @@ def decrypt(directory: str | Path, keystore: str | Path, out: str | Path, *, fmt
     if is_inside(out, directory) or is_inside(directory, out):
         raise PpdataError("--out must not be inside the encrypted folder (or contain it)")
     index_of = key_indexer(manifest)
-    stream = store.stream()
+    derivation = kinfo.get("derivation", 1)
+    if derivation not in DERIVATIONS:
+        raise PpdataError(f"{directory}: key derivation {derivation!r} is not known to this ppdata ({__version__})")
+    stream = store.stream(derivation)
     fmt = fmt or manifest["format"]
     if fmt == "png":
         return _decrypt_png(directory, manifest, scheme, stream, index_of, Path(out), overwrite, batch_size,

@@ -89,7 +89,7 @@ def test_seed_is_reproducible_and_flagged(runner, tmp_path):
         assert r.exit_code == 0
         assert "NOT private" in r.output  # stderr is mixed into output by the runner
     ma = json.loads((tmp_path / "a" / "manifest.json").read_text())
-    assert ma["keys"]["seeded"] is True and set(ma["keys"]) == {"mode", "key_id", "seeded"}  # never the seed
+    assert ma["keys"]["seeded"] is True and set(ma["keys"]) == {"mode", "key_id", "seeded", "derivation"}  # never the seed
     assert (tmp_path / "a" / "test-000000.tar").read_bytes() == (tmp_path / "b" / "test-000000.tar").read_bytes()
     r = invoke(runner, "info", tmp_path / "a")
     assert "SEEDED: not private" in r.output

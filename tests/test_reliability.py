@@ -434,7 +434,6 @@ def _damage(folder: Path, how: str) -> None:
     elif how == "flip-header":
         data[5 * 5120 + 10] ^= 0x01  # a member name inside a later record's header
     elif how == "cut-at-record":
-        rec = len(data) // 40  # 40 records + the end blocks, not an integer: cut at record 20
         data = data[: 20 * 5120] + bytes(1024)
     elif how == "count":
         edit_manifest(folder, lambda m: m["splits"]["train"]["shards"][1].__setitem__("count", 41)

@@ -356,11 +356,15 @@ def test_chaos_is_an_xor_with_the_keystream(sample_images):
 
 
 def test_icip_is_the_pixel_transform(sample_images):
+    """The same transform under the same key; but its keys are its own (key separation)."""
     x = sample_images[:10]
     for cs in (False, True):
         a, b = get_scheme("icip", cs=cs), get_scheme("pixel", cs=cs)
         st = stream("same")
-        np.testing.assert_array_equal(a.encrypt(x, keys_for(a, x, st)), b.encrypt(x, keys_for(b, x, st)))
+        k = keys_for(b, x, st)
+        np.testing.assert_array_equal(a.encrypt(x, k), b.encrypt(x, k))
+        np.testing.assert_array_equal(a.decrypt(a.encrypt(x, k), k), x)
+        assert not np.array_equal(keys_for(a, x, st).np_mask, k.np_mask)
 
 
 # ---------------------------------------------------------------------------------------------
