@@ -205,7 +205,7 @@ def encrypt(obj, source, path, out, split, key_mode, key_file, keep_keys, seed, 
             stream = KeyStream(secret_from_seed(seed) if seeded else new_secret(), "independent")
     expand, extra = None, None
     if augment_spec:
-        from .augment import parse_spec, plain_expand, plain_manifest_entry
+        from .variants import parse_spec, plain_expand, plain_manifest_entry
 
         try:
             variants, fill = parse_spec(augment_spec)
@@ -328,15 +328,18 @@ def info(directory, verify, as_json):
             click.echo("keys      none (plain images)")
         if m.get("augment"):
             a = m["augment"]
-            click.echo(f"augment   {json.dumps(a.get('variants', a))}")
+            click.echo(f"augment   {a.get('split', 'train')}: {a.get('domain')} domain, {json.dumps(a.get('variants', a))}")
         click.echo(f"shape     {'x'.join(str(v) for v in m['shape'])}, {len(m.get('classes', []))} classes")
         total = 0
         for sp, v in m["splits"].items():
             size = sum(s["bytes"] for s in v["shards"])
             total += size
             skipped = (v.get("skipped") or {}).get("count", 0)
+            aug = v.get("augment")
             click.echo(f"split     {sp}: {v['count']} samples in {len(v['shards'])} file(s), {size / 1e6:.1f} MB"
-                       + (f", {skipped} skipped" if skipped else ""))
+                       + (f", {skipped} skipped" if skipped else "")
+                       + (f" ({aug['factor']}x {aug['domain']}-domain expansion of "
+                          f"{aug.get('parent', {}).get('split', 'train')})" if aug else ""))
     if verify:
         problems = []
         for sp in m["splits"]:
@@ -399,14 +402,16 @@ def preview(directory, plain_path, output, split, count, plain_source, root, col
 @cli.command()
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.option("--out", "-o", type=click.Path(file_okay=False),
-              help="Output shard folder (default: a sibling named after DIRECTORY, e.g. shards-x8).")
+              help="Write the expansion to a new shard folder (other splits carried over). Default: add it to "
+                   "DIRECTORY itself as split <split>x<factor>, e.g. trainx8.")
 @click.option("--split", default="train", show_default=True, help="The split to expand; others are carried over.")
 @click.option("--flip/--no-flip", default=True, show_default=True, help="Horizontal flip (x2).")
 @click.option("--shift", type=click.IntRange(min=0), default=4, show_default=True,
-              help="The four translations (+-N, +-N) (x4); 0: no shift.")
-@click.option("--shifts", metavar="DX:DY,...",
-              help="An explicit translation set instead of --shift, e.g. --shifts=0:0,4:0,-4:0 "
-                   "(positive: right / down).")
+              help="Size of the translations in pixels; 0: no shift.")
+@click.option("--shifts", metavar="SET|DX:DY,...", default="paper", show_default=True,
+              help="The translation set: paper ((0,0), (N,0), (0,N), (N,N): each factor counts the original, "
+                   "the paper's x8), diagonal ((+-N, +-N), the earlier reading), or an explicit list such as "
+                   "0:0,4:0,-4:0 (positive: right / down).")
 @click.option("--fill", type=click.IntRange(0, 255), default=0, show_default=True,
               help="Value of the pixels a shift vacates.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the global shuffle of the output.")
@@ -425,32 +430,37 @@ def augment(obj, directory, out, split, flip, shift, shifts, fill, seed, shard_s
             overwrite, no_verify):
     """Expand the train split of an (encrypted) shard folder by flips and shifts, without any key.
 
-    Every image becomes all combinations of the flips and the translations (default x8: 50,000
-    CIFAR-10 images -> 400,000), written in a seeded random order; other splits are carried over
-    unchanged. Sample keys: <parent key>_f<0|1>_sx<+dx>_sy<+dy>. Shift only: --no-flip (x4);
+    Every image becomes all combinations of the flips and the translations (default: the paper's
+    x8, 50,000 CIFAR-10 images -> 400,000), written in a seeded random order. Without --out the
+    expansion is added to DIRECTORY as split trainx8 (its manifest lists it; python -m
+    train.resnet DIRECTORY trains on it); with --out it goes to a new folder whose train split is
+    the expansion. Sample keys: <parent key>_f<0|1>_sx<+dx>_sy<+dy>. Shift only: --no-flip (x4);
     flip only: --shift 0 (x2).
 
     \b
     Examples:
+      ppdata augment shards/                        # adds trainx8 to shards/
       ppdata augment shards/ --out shards-x8/
       ppdata augment shards/ --no-flip --out shift-only/
       ppdata augment shards/ --shift 0 --out flip-only/
+      ppdata augment shards/ --shifts diagonal --out diag/   # the earlier reading (+-4, +-4)
     """
-    from .augment import augment_folder, default_output, parse_shifts, variant_set
+    from .augment import augment_folder
+    from .variants import SHIFT_SETS, parse_shifts, variant_set
 
     try:
-        variants = variant_set(flip=flip, shift=shift, shifts=parse_shifts(shifts) if shifts else None)
+        variants = variant_set(flip=flip, shift=shift,
+                               shifts=shifts if shifts in SHIFT_SETS else parse_shifts(shifts))
     except ValueError as e:
-        raise click.BadParameter(str(e), param_hint="--shifts" if shifts else "--flip/--shift") from None
-    if out is None:
-        out = default_output(directory, len(variants))
-        log.info("no --out given: writing to %s", out)
+        raise click.BadParameter(str(e), param_hint="--shifts/--shift/--flip") from None
     m = augment_folder(directory, out, variants=variants, fill=fill, seed=seed, split=split,
                        shard_size=shard_size, overwrite=overwrite, link=not copy_splits,
                        resident_bytes=memory << 20, progress=not obj.quiet, verify=not no_verify)
-    a = m["augment"]
-    others = [f"{sp} {v['count']} carried over" for sp, v in m["splits"].items() if sp != split]
-    click.echo(f"{out}: {split} {a['parent']['count']} -> {m['splits'][split]['count']} ({a['factor']}x: "
+    new = f"{split}x{len(variants)}" if out is None else split
+    a = m["splits"][new].get("augment") or m["augment"]
+    where = f"{directory}: added split {new}" if out is None else f"{out}: {split}"
+    others = [] if out is None else [f"{sp} {v['count']} carried over" for sp, v in m["splits"].items() if sp != split]
+    click.echo(f"{where}: {a['parent']['count']} -> {m['splits'][new]['count']} ({a['factor']}x: "
                f"{', '.join(a['variants'])}, fill {a['fill']}, seed {a['seed']})" + "".join(f"; {o}" for o in others))
 
 

@@ -20,18 +20,15 @@ from . import __version__
 from .keys import DERIVATIONS, Keystore, KeyStream, check_new_keystore, is_inside
 from .names import check_class, check_path_text, check_sample_key, check_split
 from .shards import FORMATS, OutputFolder, ShardSet, WriterThread, make_writer, new_manifest, read_manifest
-from .sources import Batch, Source, key_index, sample_key  # noqa: F401 (key_index: public here too)
+from .shards.manifest import augment_entry
+from .sources import Batch, Source, identity_expand, key_index, sample_key  # noqa: F401 (public here too)
+from .variants import key_indexer as augment_indexer
 
 log = logging.getLogger("ppdata")
 
 # expand(batch, split) -> (sample keys, images, labels, key indices): one output image per key
 # index. The default is the identity; plain-domain augmentation expands each image into copies.
 Expand = Callable[[Batch, str], tuple[list[str], np.ndarray, np.ndarray, np.ndarray]]
-
-
-def identity_expand(batch: Batch, split: str):
-    keys = [sample_key(split, int(i)) for i in batch.index]
-    return keys, batch.images, batch.labels, batch.index
 
 
 def encrypt(
@@ -186,7 +183,7 @@ def decrypt(directory: str | Path, keystore: str | Path, out: str | Path, *, fmt
                           keys=None, shape=manifest["shape"], classes=manifest.get("classes", []),
                           options={"decrypted_from": manifest.get("scheme")})
     with OutputFolder(out, overwrite=overwrite) as folder:
-        for sp in manifest["splits"]:
+        for sp in _splits_to_decrypt(manifest, directory):
             ss = ShardSet(directory, sp, manifest, verify=verify)
             writer = make_writer(fmt, folder.path, sp, ss.shape, manifest.get("options", {}).get("shard_size", 10000),
                                  attrs={"classes": ss.classes, "scheme": plain.describe()}, claim=folder.claim)
@@ -204,6 +201,8 @@ def decrypt(directory: str | Path, keystore: str | Path, out: str | Path, *, fmt
                 raise PpdataError(f"{directory}: split {sp} gave {written} samples, the manifest says {len(ss)}")
             result["splits"][sp] = {"count": written, "skipped": ss.info.get("skipped"),
                                     "shards": [x.to_json() for x in shards]}
+            if ss.info.get("augment"):  # a plain-domain expansion (encrypt --augment) stays one
+                result["splits"][sp]["augment"] = ss.info["augment"]
         folder.write_manifest(result)
     return result
 
@@ -211,14 +210,33 @@ def decrypt(directory: str | Path, keystore: str | Path, out: str | Path, *, fmt
 def key_indexer(manifest: dict) -> Callable:
     """``f(sample_keys, split) -> key indices`` for a manifest's naming scheme.
 
-    Folders with an ``augment`` entry name their samples ``<parent key>_<variant>``; see
-    ``ppdata.augment.key_indexer`` (plain domain: copy v of image i has key index i * V + v).
+    Expanded splits name their samples ``<parent key>_<variant>``; see ``variants.key_indexer``
+    (plain domain: copy v of image i has key index i * V + v).
     """
-    if manifest.get("augment"):
-        from .augment import key_indexer as augment_indexer
+    def index_of(sample_keys, split):
+        entry = augment_entry(manifest, split)
+        if entry is None:
+            return key_index(sample_keys, split)
+        return augment_indexer({**entry, "split": split}, key_index)(sample_keys, split)
 
-        return augment_indexer(manifest["augment"], key_index)
-    return key_index
+    return index_of
+
+
+def decryptable_splits(manifest: dict) -> list[str]:
+    """The splits ``decrypt`` turns into plain images: all but encrypted-domain expansions added in
+    place (their images are their parent split's, moved; decrypt the parent)."""
+    return [sp for sp, info in manifest["splits"].items()
+            if not ((info.get("augment") or {}).get("domain") == "encrypted")]
+
+
+def _splits_to_decrypt(manifest: dict, directory) -> list[str]:
+    splits = decryptable_splits(manifest)
+    for sp in manifest["splits"]:
+        if sp not in splits:
+            parent = manifest["splits"][sp]["augment"].get("parent", {}).get("split", "train")
+            log.info("%s: split %s is an encrypted-domain expansion of %s; not decrypted (decrypt %s)",
+                     directory, sp, parent, parent)
+    return splits
 
 
 def _decrypt_png(directory, manifest, scheme, stream, index_of, out: Path, overwrite, batch_size, progress,
@@ -232,7 +250,7 @@ def _decrypt_png(directory, manifest, scheme, stream, index_of, out: Path, overw
               "source": {"name": "decrypt", "parent": manifest["id"]}, "shape": manifest["shape"],
               "classes": classes, "splits": {}, "files": {}}
     with OutputFolder(out, overwrite=overwrite) as folder:
-        for sp in manifest["splits"]:
+        for sp in _splits_to_decrypt(manifest, directory):
             ss = ShardSet(directory, sp, manifest, verify=verify)
             made: set[str] = set()
             written = 0

@@ -76,6 +76,14 @@ def key_index(sample_keys, split: str) -> np.ndarray:
     return out
 
 
+def identity_expand(batch: "Batch", split: str):
+    """The default ``expand`` hook of ``pipeline.encrypt``: one output per source image, keyed
+    ``<split>_<index>`` with key index = source index. Returns (sample keys, images, labels, key
+    indices)."""
+    keys = [sample_key(split, int(i)) for i in batch.index]
+    return keys, batch.images, batch.labels, batch.index
+
+
 @dataclass
 class Batch:
     """A batch from a source: images (B,H,W,3) uint8, labels (B,) int64, index (B,) int64."""

@@ -62,11 +62,17 @@ def enc(request, tmp_path_factory):
 def test_variant_sets_and_names():
     default = variant_set()
     assert len(default) == 8 and len(variant_set(flip=False)) == 4 and len(variant_set(shift=0)) == 2
-    assert [v.name for v in variant_set(flip=False)] == ["f0_sx+4_sy+4", "f0_sx+4_sy-4", "f0_sx-4_sy+4",
-                                                         "f0_sx-4_sy-4"]
+    # the paper's x8: each factor counts the original (Access 2019: "doubled by horizontal flipping",
+    # shifts "by four pixels on both the horizontal and vertical axes" make it "fourfold")
+    assert [v.name for v in variant_set(flip=False)] == ["f0_sx+0_sy+0", "f0_sx+4_sy+0", "f0_sx+0_sy+4",
+                                                         "f0_sx+4_sy+4"]
     assert [v.name for v in variant_set(shift=0)] == ["f0_sx+0_sy+0", "f1_sx+0_sy+0"]
-    assert {(v.dx, v.dy) for v in default} == {(4, 4), (4, -4), (-4, 4), (-4, -4)}
-    assert sum(v.flip for v in default) == 4
+    assert {(v.dx, v.dy) for v in default} == {(0, 0), (4, 0), (0, 4), (4, 4)}
+    assert sum(v.flip for v in default) == 4 and default[0].identity  # the stored image itself is one variant
+    # the earlier reading stays available by name
+    assert [v.name for v in variant_set(flip=False, shifts="diagonal")] == ["f0_sx+4_sy+4", "f0_sx+4_sy-4",
+                                                                            "f0_sx-4_sy+4", "f0_sx-4_sy-4"]
+    assert [v.name for v in A.parse_spec("shift,diagonal")[0]] == [v.name for v in variant_set(False, 4, "diagonal")]
     for v in default:
         assert Variant.parse(v.name) == v and "." not in v.name
     assert A.split_variant_key("train_000123_f1_sx+4_sy-4") == ("train_000123", Variant(True, 4, -4))
@@ -123,9 +129,11 @@ def test_key_commutation_encrypted_domain(sample_images, cs):
         keep = ~A.fill_mask(x.shape[1:], v)
         assert np.array_equal(got[:, keep], want[:, keep]), v.name
         assert np.array_equal(got, want), v.name  # the fill keeps the identity key: exact everywhere
-        # the parent's own key does not decrypt a moved image
         wrong = scheme.decrypt(aug_enc, key)
-        assert (wrong[:, keep] != want[:, keep]).any(axis=-1).mean() > 0.4
+        if v.identity:  # the stored image itself: its own key, in place
+            assert np.array_equal(wrong, x)
+        else:  # the parent's own key does not decrypt a moved image
+            assert (wrong[:, keep] != want[:, keep]).any(axis=-1).mean() > 0.4
 
 
 # ---------------------------------------------------------------------------------------------
@@ -201,7 +209,7 @@ def test_expand_folder_default_x8(enc, plain, tmp_path):
             assert np.array_equal(np.load(io.BytesIO(tf.extractfile(members[0]).read())), got.images[0])
         assert not any("." in k for k in got.keys.tolist())
     r = CliRunner().invoke(cli, ["info", str(out), "--verify"])
-    assert r.exit_code == 0 and "verify    ok" in r.output and "f1_sx-4_sy-4" in r.output
+    assert r.exit_code == 0 and "verify    ok" in r.output and "f1_sx+4_sy+4" in r.output
 
 
 def test_expand_folder_buckets_and_determinism(enc, plain, tmp_path):
@@ -222,31 +230,40 @@ def test_expand_folder_buckets_and_determinism(enc, plain, tmp_path):
     assert shas[0] == shas[1] and shas[0] != shas[2]
 
 
-def test_cli_conditions_default_out_and_refusals(tmp_path):
+def test_cli_conditions_in_place_default_and_refusals(tmp_path):
     src = tmp_path / "shards"
     make_encrypted(src, "webdataset")
+    before = {p.name: p.read_bytes() for p in src.iterdir() if p.name != "manifest.json"}
     r = CliRunner()
-    res = r.invoke(cli, ["-q", "augment", str(src), "--shift", "0"])  # flip only, default OUT
+    res = r.invoke(cli, ["-q", "augment", str(src), "--shift", "0"])  # flip only, added in place
     assert res.exit_code == 0, res.output
-    assert open_shards(tmp_path / "shards-x2", "train").__len__() == 1000
+    assert len(open_shards(src, "trainx2")) == 1000 and open_shards(src, "trainx2").augment["factor"] == 2
     res = r.invoke(cli, ["augment", str(src), "--no-flip", "--seed", "1"])
     assert res.exit_code == 0, res.output
-    assert "shards-x4" in res.stderr and "train 500 -> 2000" in res.output
-    assert len(open_shards(tmp_path / "shards-x4", "train")) == 2000
-    # an explicit set and fill
+    assert "added split trainx4" in res.output and "500 -> 2000" in res.output
+    m = read_manifest(src)
+    assert list(m["splits"]) == ["train", "test", "trainx2", "trainx4"] and len(open_shards(src, "trainx4")) == 2000
+    # the folder's own files are untouched, byte for byte
+    assert all((src / n).read_bytes() == b for n, b in before.items())
+    # an explicit set and fill, to a folder of its own
     res = r.invoke(cli, ["-q", "augment", str(src), "--shifts=0:0,2:0", "--fill", "255", "-o", str(tmp_path / "e")])
     assert res.exit_code == 0, res.output
     assert read_manifest(tmp_path / "e")["augment"]["variants"] == ["f0_sx+0_sy+0", "f0_sx+2_sy+0",
                                                                      "f1_sx+0_sy+0", "f1_sx+2_sy+0"]
-    # refusals: non-empty OUT, OUT == IN, an already expanded folder, no expansion at all
+    # refusals: an existing expansion, non-empty OUT, OUT == IN, an already expanded split, no expansion at all
     res = r.invoke(cli, ["-q", "augment", str(src), "--no-flip", "--seed", "1"])
-    assert res.exit_code == 1 and "not empty" in res.output and "--overwrite" in res.output
-    res = r.invoke(cli, ["-q", "augment", str(src), "--no-flip", "--overwrite"])
+    assert res.exit_code == 1 and "already holds split trainx4" in res.output and "--overwrite" in res.output
+    res = r.invoke(cli, ["-q", "augment", str(src), "--no-flip", "--overwrite", "--seed", "2"])
     assert res.exit_code == 0, res.output
+    assert read_manifest(src)["splits"]["trainx4"]["augment"]["seed"] == 2
+    listed = {s["name"] for info in read_manifest(src)["splits"].values() for s in info["shards"]}
+    assert sorted(p.name for p in src.iterdir()) == sorted(listed | {"manifest.json"})  # nothing stale left
+    res = r.invoke(cli, ["-q", "augment", str(src), "-o", str(tmp_path / "e"), "--no-flip"])
+    assert res.exit_code == 1 and "not empty" in res.output
     res = r.invoke(cli, ["-q", "augment", str(src), "-o", str(src), "--overwrite"])
     assert res.exit_code == 1 and "must not be the input folder" in res.output
     assert len(open_shards(src, "train")) == 500
-    res = r.invoke(cli, ["-q", "augment", str(tmp_path / "shards-x4"), "-o", str(tmp_path / "x16")])
+    res = r.invoke(cli, ["-q", "augment", str(src), "--split", "trainx4", "-o", str(tmp_path / "x16")])
     assert res.exit_code == 1 and "already expanded" in res.output
     res = r.invoke(cli, ["-q", "augment", str(src), "--no-flip", "--shift", "0", "-o", str(tmp_path / "n")])
     assert res.exit_code == 2 and "only copy" in res.output
@@ -254,6 +271,25 @@ def test_cli_conditions_default_out_and_refusals(tmp_path):
     assert res.exit_code == 2 and "dx:dy" in res.output
     res = r.invoke(cli, ["-q", "augment", str(tmp_path / "missing")])
     assert res.exit_code == 1 and "missing" in res.output
+
+
+def test_in_place_expansion_failing_midway_leaves_the_folder_as_it_was(tmp_path, monkeypatch):
+    src = tmp_path / "shards"
+    make_encrypted(src, "webdataset")
+    before = {p.name: p.read_bytes() for p in src.iterdir()}
+    real = A._shift
+    calls = {"n": 0}
+
+    def failing(*args):
+        calls["n"] += 1
+        if calls["n"] > 20:
+            raise OSError(28, "No space left on device")
+        return real(*args)
+
+    monkeypatch.setattr(A, "_shift", failing)
+    with pytest.raises(OSError):
+        augment_folder(src, progress=False, write_batch=64)
+    assert {p.name: p.read_bytes() for p in src.iterdir()} == before
 
 
 def test_interrupted_run_leaves_no_complete_output(enc, tmp_path, monkeypatch):
@@ -298,7 +334,7 @@ def test_encrypt_augment_plain_domain(tmp_path, plain, fmt):
     assert m["splits"]["train"]["count"] == 4000 and m["splits"]["test"]["count"] == 100
     assert m["augment"]["domain"] == "plain" and m["augment"]["factor"] == 8
     enc = open_shards(out, "train").load()
-    assert enc.keys[0] == "train_000000_f0_sx+4_sy+4" and enc.keys[9] == "train_000001_f0_sx+4_sy-4"
+    assert enc.keys[0] == "train_000000_f0_sx+0_sy+0" and enc.keys[9] == "train_000001_f0_sx+4_sy+0"
     # decrypt goes through key_indexer: copy v of image i under the key of index i * 8 + v
     res = r.invoke(cli, ["-q", "decrypt", str(out), "--keys", str(ks), "--out", str(tmp_path / "d")])
     assert res.exit_code == 0, res.output

@@ -384,7 +384,7 @@ def test_unexpanded_folder_points_to_its_expansion(tmp_path):
     r = CliRunner()
     assert r.invoke(cli, ["-q", "encrypt", "sample", "--split", "train", "--out", str(tmp_path / "s")]).exit_code == 0
     assert _expansion_next_to(tmp_path / "s") is None
-    assert r.invoke(cli, ["-q", "augment", str(tmp_path / "s"), "--shift", "0"]).exit_code == 0
+    assert r.invoke(cli, ["-q", "augment", str(tmp_path / "s"), "--shift", "0", "--out", str(tmp_path / "s-x2")]).exit_code == 0
     assert _expansion_next_to(tmp_path / "s") == tmp_path / "s-x2"
 
 

@@ -13,7 +13,8 @@ lock, journal and ownership), ``writer`` (writer by format, writer thread), ``re
 """
 from .folder import JOURNAL, OutputFolder
 from .hdf5 import HDF5Writer, hdf5_chunk_images
-from .manifest import FORMATS, MANIFEST, MANIFEST_VERSION, ShardInfo, new_manifest, read_manifest, write_manifest
+from .manifest import (FORMATS, MANIFEST, MANIFEST_VERSION, ShardInfo, augment_entry, expansions_of, new_manifest,
+                       read_manifest, write_manifest)
 from .reader import ShardSet, open_shards, splits_of
 from .samples import Samples
 from .tar import WebDatasetWriter, npy_header, record_size, tar_records
@@ -22,6 +23,6 @@ from .writer import WriterThread, make_writer
 INCOMPLETE = JOURNAL
 
 __all__ = ["FORMATS", "HDF5Writer", "INCOMPLETE", "JOURNAL", "MANIFEST", "MANIFEST_VERSION", "OutputFolder",
-           "Samples", "ShardInfo", "ShardSet", "WebDatasetWriter", "WriterThread", "hdf5_chunk_images",
+           "Samples", "ShardInfo", "augment_entry", "expansions_of", "ShardSet", "WebDatasetWriter", "WriterThread", "hdf5_chunk_images",
            "make_writer", "new_manifest", "npy_header", "open_shards", "read_manifest", "record_size",
            "splits_of", "tar_records", "write_manifest"]

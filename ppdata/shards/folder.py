@@ -154,10 +154,11 @@ class OutputFolder:
     handed to writers), finish with ``write_manifest``. See the module docstring for the rules.
     """
 
-    def __init__(self, path: str | os.PathLike, overwrite: bool = False, what: str = "--out"):
+    def __init__(self, path: str | os.PathLike, overwrite: bool = False, what: str = "--out", extend: bool = False):
         check_path_text(path, f"output folder ({what})")
         self.path = Path(path)
         self.overwrite = overwrite
+        self.extend = extend
         self.what = what
         self._fd: int | None = None
         self._journal = None
@@ -171,6 +172,8 @@ class OutputFolder:
         p = self.path
         if p.exists() and not p.is_dir():
             raise PpdataError(f"output {p} exists and is not a folder")
+        if self.extend and not p.is_dir():
+            raise PpdataError(f"shard folder {p} does not exist")
         try:
             if not p.exists():
                 p.mkdir(parents=True)
@@ -199,6 +202,16 @@ class OutputFolder:
         if not ours_journal:
             journal = []
         claimed = {rel for item in journal if (rel := _relative(item.get("claim"))) is not None}
+        if self.extend:  # add to a complete folder: keep everything, drop an interrupted extension's files
+            if MANIFEST not in files:
+                raise PpdataError(f"{p} has no valid manifest.json; only a complete shard folder can be extended")
+            if JOURNAL in entries and not ours_journal:
+                raise PpdataError(f"{p} holds a {JOURNAL} that ppdata did not write; move it away")
+            for rel in sorted(claimed - files - {MANIFEST}, key=lambda r: -r.count("/")):
+                self._remove(rel)
+            self._remove(JOURNAL)
+            self._start_journal()
+            return
         interrupted = ours_journal and MANIFEST not in entries
         if not (self.overwrite or interrupted):
             raise PpdataError(f"output folder {p} is not empty ({len(entries)} entries); pass --overwrite to "
@@ -274,6 +287,9 @@ class OutputFolder:
                 raise PpdataError(f"{name!r} is not a path inside {self.path}")
             paths.append(self.path / rel)
             if rel not in self._claimed:
+                if rel != MANIFEST_PART and (self.path / rel).exists():
+                    raise PpdataError(f"{self.path / rel} already exists and is not listed by ppdata; "
+                                      f"ppdata does not replace it")
                 self._claimed.append(rel)
                 lines.append(json.dumps({"claim": rel}) + "\n")
         if lines:
@@ -303,7 +319,7 @@ class OutputFolder:
                 self._remove(JOURNAL)
                 return
             # failed (or the caller wrote no manifest): remove this run's own files
-            if self.complete:
+            if self.complete and not self.extend:
                 self._remove(MANIFEST)
             for rel in sorted(self._claimed, key=lambda r: -r.count("/")):
                 path = self.path / rel
@@ -316,7 +332,7 @@ class OutputFolder:
                     self._remove(rel)
             self._close_journal()
             self._remove(JOURNAL)
-            if self._created:
+            if self._created and not self.extend:
                 try:
                     self.path.rmdir()  # only if empty
                 except OSError:

@@ -103,6 +103,25 @@ def _int(value, where: str, field: str, lo: int = 0, hi: int | None = None) -> i
     return value
 
 
+def augment_entry(m: dict, split: str) -> dict | None:
+    """The augmentation record of ``split``: the split's own ``augment`` entry (an expansion added
+    to the folder it came from, e.g. ``trainx8``), or the folder's top-level one when it names
+    ``split`` (an expansion written to a folder of its own); None for a split as encrypted."""
+    own = (m.get("splits", {}).get(split) or {}).get("augment")
+    if own:
+        return own
+    top = m.get("augment")
+    if top and top.get("split", "train") == split:
+        return top
+    return None
+
+
+def expansions_of(m: dict, split: str = "train") -> list[str]:
+    """Splits of this folder that are encrypted-domain expansions of ``split`` added in place."""
+    return [sp for sp, info in m.get("splits", {}).items()
+            if isinstance(info, dict) and (info.get("augment") or {}).get("parent", {}).get("split") == split]
+
+
 def check_manifest(m, where) -> None:
     """Raise ``PpdataError`` unless ``m`` is a well-formed shard-folder manifest (see module doc)."""
     where = str(where)
@@ -157,11 +176,20 @@ def check_manifest(m, where) -> None:
         check_shard_names(fmt, sp, names, where)
         if total != count:
             raise PpdataError(f"{where}: split {sp} count is {count} but its shards hold {total}")
-    aug = m.get("augment")
+        if info.get("augment") is not None:
+            _check_augment(info["augment"], where)
+            check_split(info["augment"].get("parent", {}).get("split", "train"), f"{where}: augment parent split")
+    if m.get("augment") is not None:
+        _check_augment(m["augment"], where)
+
+
+def _check_augment(aug, where) -> None:
     if aug is not None:
         if not isinstance(aug, dict) or not isinstance(aug.get("variants"), list):
             raise PpdataError(f"{where}: augment is not an object with a list of variants")
         check_split(aug.get("split", "train"), f"{where}: augment split")
+        if not isinstance(aug.get("parent", {}), dict):
+            raise PpdataError(f"{where}: augment parent is not an object")
         for v in aug["variants"]:
             if not isinstance(v, str) or not _VARIANT.match(v):
                 raise PpdataError(f"{where}: augment variant {v!r} is not a name like f1_sx+4_sy-4")

@@ -18,7 +18,7 @@ import numpy as np
 from ..errors import PpdataError
 from ..names import check_split, inside
 from .hdf5 import H5Split
-from .manifest import read_manifest
+from .manifest import augment_entry, read_manifest
 from .samples import Samples, concat
 from .tar import read_tar
 
@@ -58,6 +58,11 @@ class ShardSet:
 
     def __len__(self) -> int:
         return int(self.info["count"])
+
+    @property
+    def augment(self) -> dict | None:
+        """This split's augmentation record (``manifest.augment_entry``), or None."""
+        return augment_entry(self.manifest, self.split)
 
     def __repr__(self) -> str:
         return f"ShardSet({str(self.directory)!r}, split={self.split!r}, format={self.format}, n={len(self)})"
