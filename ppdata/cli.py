@@ -14,6 +14,7 @@ import click
 
 from . import __version__
 from .errors import PpdataError
+from .extras import MissingExtra
 
 MAX_PIXELS = 89_478_485  # = ppdata.sources.MAX_PIXELS (kept here so --help needs no import)
 MAX_SIDE = 16384
@@ -36,7 +37,7 @@ def _errors(f):
     def wrapper(*args, **kwargs):
         try:
             return f(*args, **kwargs)
-        except PpdataError as e:
+        except (PpdataError, MissingExtra) as e:
             raise click.ClickException(str(e)) from None
         except KeyboardInterrupt:
             click.echo("Interrupted; no output was marked complete. Run the command again.", err=True)

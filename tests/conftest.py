@@ -84,3 +84,77 @@ def sample_images() -> np.ndarray:
     from ppdata.sources import SampleSource
 
     return np.concatenate([b.images for b in SampleSource(split="test").batches("test")])
+
+
+def _fake_cifar10_archive(path: Path, n_train: int = 4, n_test: int = 3, seed: int = 0) -> dict:
+    """A tar.gz laid out like the official CIFAR-10 python archive (tiny batches); returns the
+    arrays written and the MD5s a ``ppdata.sources.standard.Dataset`` needs."""
+    import gzip
+    import hashlib
+    import pickle
+
+    rng = np.random.default_rng(seed)
+    files, arrays = {}, {}
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for n in names:
+        k = n_test if n == "test_batch" else n_train
+        data = rng.integers(0, 256, (k, 3072), dtype=np.uint8)
+        labels = rng.integers(0, 10, k).tolist()
+        arrays[n] = (data, labels)
+        files[n] = pickle.dumps({"data": data, "labels": labels, "batch_label": n})
+    files["batches.meta"] = pickle.dumps({"label_names": [f"c{i}" for i in range(10)]})
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        for n, data in files.items():
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{n}")
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    path.write_bytes(gzip.compress(buf.getvalue(), mtime=0))
+    md5 = {n: hashlib.md5(d).hexdigest() for n, d in files.items()}
+    return {"arrays": arrays, "md5": md5, "archive_md5": hashlib.md5(path.read_bytes()).hexdigest()}
+
+
+@pytest.fixture
+def fake_cifar10(tmp_path, monkeypatch):
+    """A fake CIFAR-10 archive served over HTTP on localhost, and ppdata's CIFAR-10 entry pointed at
+    it: ``{"url", "arrays", "served": [paths requested], "stop": callable}``."""
+    import dataclasses
+    import http.server
+    import threading
+
+    from ppdata.sources import standard
+
+    site = tmp_path / "site"
+    site.mkdir()
+    info = _fake_cifar10_archive(site / "cifar-10-python.tar.gz")
+    served = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, directory=str(site), **kw)
+
+        def log_message(self, *a):
+            served.append(self.path)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_port}/cifar-10-python.tar.gz"
+    ds = standard.DATASETS["cifar10"]
+    md5 = info["md5"]
+    fake = dataclasses.replace(
+        ds, url=url, archive_md5=info["archive_md5"],
+        splits={"train": [(f"data_batch_{i}", md5[f"data_batch_{i}"]) for i in range(1, 6)],
+                "test": [("test_batch", md5["test_batch"])]},
+        meta=("batches.meta", md5["batches.meta"]))
+    monkeypatch.setitem(standard.DATASETS, "cifar10", fake)
+
+    def stop():
+        server.shutdown()
+        server.server_close()
+
+    yield {"url": url, "arrays": info["arrays"], "served": served, "stop": stop}
+    try:
+        stop()
+    except OSError:
+        pass

@@ -125,36 +125,24 @@ def test_wrong_keystore_refused(runner, tmp_path):
     assert r.exit_code == 1 and "does not belong" in r.output
 
 
-def test_promised_first_command_writes_shards_and_downloads_by_default(runner, tmp_path, monkeypatch):
-    """`ppdata encrypt cifar10 --keys independent --cs` (no --out): torchvision is asked to download
-    (with its progress bar) into data/, the output goes to shards/; offline, one line says what to do."""
-    import urllib.error
-
-    import torchvision.datasets as tvd
-
-    asked = []
-
-    class FakeCIFAR10:
-        classes = [f"c{i}" for i in range(10)]
-
-        def __init__(self, root, train, download):
-            asked.append(download)
-            if not (tmp_path / "online").exists():
-                raise urllib.error.URLError("Name or service not known")
-            rng = np.random.default_rng(int(train))
-            self.data = rng.integers(0, 256, (20 if train else 10, 32, 32, 3), dtype=np.uint8)
-            self.targets = rng.integers(0, 10, len(self.data)).tolist()
-
-    monkeypatch.setattr(tvd, "CIFAR10", FakeCIFAR10)
+def test_promised_first_command_writes_shards_and_downloads_by_default(runner, tmp_path, monkeypatch, fake_cifar10):
+    """`ppdata encrypt cifar10 --keys independent --cs` (no --out): CIFAR-10 is downloaded (with a
+    progress bar) into data/, the output goes to shards/; offline, one line says what to do."""
     monkeypatch.chdir(tmp_path)
+    fake_cifar10["stop"]()  # offline first
     r = runner.invoke(cli, ["-q", "encrypt", "cifar10", "--keys", "independent", "--cs"])
-    assert r.exit_code == 1 and asked == [True]
+    assert r.exit_code == 1
     assert "cannot download cifar10" in r.output and "--no-download" in r.output and "folder PATH" in r.output
     assert r.output.strip().count("\n") == 0 and not (tmp_path / "shards").exists()
-    (tmp_path / "online").mkdir()
+
+
+def test_promised_first_command_online(runner, tmp_path, monkeypatch, fake_cifar10):
+    monkeypatch.chdir(tmp_path)
     r = runner.invoke(cli, ["-q", "encrypt", "cifar10", "--keys", "independent", "--cs"])
     assert r.exit_code == 0, r.output
-    assert open_shards(tmp_path / "shards", "train").scheme["cs"] and len(open_shards("shards", "test")) == 10
+    assert fake_cifar10["served"] and (tmp_path / "data" / "cifar-10-batches-py").is_dir()
+    ss = open_shards(tmp_path / "shards", "train")
+    assert ss.scheme["cs"] and len(ss) == 20 and len(open_shards("shards", "test")) == 3
 
 
 def test_usage_errors_exit_2(runner, tmp_path):

@@ -1,4 +1,5 @@
 """Sources: ImageFolder directories and archives, image modes, sizes, bad files, torchvision."""
+import os
 import io
 import tarfile
 
@@ -7,7 +8,7 @@ import pytest
 from PIL import Image
 
 from ppdata.errors import PpdataError
-from ppdata.sources import (ArraySource, FolderSource, SampleSource, TorchvisionSource, decode_image,
+from ppdata.sources import (ArraySource, FolderSource, SampleSource, StandardSource, decode_image,
                             open_source, sample_key)
 
 
@@ -144,47 +145,66 @@ def test_empty_and_missing_folders(tmp_path):
 
 def test_missing_torchvision_dataset_gives_one_clear_message(tmp_path):
     with pytest.raises(PpdataError) as e:
-        TorchvisionSource("cifar10", root=tmp_path, download=False)
+        StandardSource("cifar10", root=tmp_path, download=False)
     msg = str(e.value)
     assert "--no-download" in msg and "--root" in msg and "folder" in msg and "\n" not in msg
 
 
-def test_torchvision_cifar_layout(tmp_path):
-    """A CIFAR-10 python pickle written in torchvision's layout is read as (N,32,32,3) uint8."""
-    import hashlib
+def test_cifar10_is_downloaded_checked_and_read_without_torch(tmp_path, fake_cifar10):
+    """The official archive layout, fetched over HTTP with its MD5 checked, read as (N,32,32,3)
+    uint8 in torchvision's on-disk layout; a second run reads the local copy."""
+    root = tmp_path / "data"
+    src = StandardSource("cifar10", root=root, download=True, progress=False)
+    assert fake_cifar10["served"] and (root / "cifar-10-batches-py" / "test_batch").is_file()
+    x, y, _ = collect(src, "test")
+    data, labels = fake_cifar10["arrays"]["test_batch"]
+    assert x.shape == (3, 32, 32, 3) and y.tolist() == labels
+    np.testing.assert_array_equal(x[0], data[0].reshape(3, 32, 32).transpose(1, 2, 0))
+    assert src.classes[0] == "c0" and src.count("train") == 20
+    fake_cifar10["stop"]()
+    again = StandardSource("cifar10", root=root, download=True, split="test")  # no network needed now
+    np.testing.assert_array_equal(collect(again, "test")[0], x)
+
+
+def test_damaged_or_hostile_dataset_files_are_refused(tmp_path, fake_cifar10):
     import pickle
 
-    import torchvision.datasets as tvd
+    root = tmp_path / "data"
+    StandardSource("cifar10", root=root, download=True, progress=False, split="test")
+    batch = root / "cifar-10-batches-py" / "test_batch"
+    batch.write_bytes(batch.read_bytes()[:-10])
+    with pytest.raises(PpdataError, match="MD5"):
+        StandardSource("cifar10", root=root, download=False, split="test")
 
-    base = tmp_path / "cifar-10-batches-py"
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    from ppdata.sources.standard import _unpickle
+
+    with pytest.raises(PpdataError, match="not allowed"):
+        _unpickle(pickle.dumps({"data": Evil()}), batch)
+
+
+def test_stl10_binary_layout(tmp_path, monkeypatch):
+    """STL-10's column-major planes come out upright as (N, 96, 96, 3), labels from 0."""
+    import dataclasses
+
+    from ppdata.sources import standard
+
+    base = tmp_path / "stl10_binary"
     base.mkdir()
-    rng = np.random.default_rng(0)
-    names = [n for n, _ in tvd.CIFAR10.train_list + tvd.CIFAR10.test_list]
-    images = {}
-    for n in names:
-        data = rng.integers(0, 256, (2, 3072), dtype=np.uint8)
-        images[n] = data
-        with open(base / n, "wb") as f:
-            pickle.dump({"data": data, "labels": [1, 2]}, f)
-    with open(base / "batches.meta", "wb") as f:
-        pickle.dump({"label_names": [f"c{i}" for i in range(10)]}, f)
-    # torchvision checks md5 sums: patch them to our files for this test
-    lists = {}
-    for attr in ("train_list", "test_list"):
-        lists[attr] = getattr(tvd.CIFAR10, attr)
-        setattr(tvd.CIFAR10, attr, [[n, hashlib.md5((base / n).read_bytes()).hexdigest()] for n, _ in lists[attr]])
-    meta = dict(tvd.CIFAR10.meta)
-    tvd.CIFAR10.meta = {**meta, "md5": hashlib.md5((base / "batches.meta").read_bytes()).hexdigest()}
-    try:
-        src = TorchvisionSource("cifar10", root=tmp_path)
-    finally:
-        for attr, v in lists.items():
-            setattr(tvd.CIFAR10, attr, v)
-        tvd.CIFAR10.meta = meta
-    x, y, _ = collect(src, "test")
-    assert x.shape == (2, 32, 32, 3) and y.tolist() == [1, 2]
-    np.testing.assert_array_equal(x[0], images["test_batch"][0].reshape(3, 32, 32).transpose(1, 2, 0))
-    assert src.classes[0] == "c0"
+    img = np.zeros((2, 96, 96, 3), np.uint8)
+    img[0, :10, :, 0] = 255  # image 0: a red band at the top
+    img[1, :, :10, 2] = 255  # image 1: a blue band on the left
+    (base / "test_X.bin").write_bytes(img.transpose(0, 3, 2, 1).tobytes())  # the file's order
+    (base / "test_y.bin").write_bytes(bytes([1, 10]))
+    (base / "class_names.txt").write_text("\n".join(f"k{i}" for i in range(10)) + "\n")
+    ds = dataclasses.replace(standard.DATASETS["stl10"], splits={"test": [("test_X.bin", None), ("test_y.bin", None)]})
+    monkeypatch.setitem(standard.DATASETS, "stl10", ds)
+    x, y, _ = collect(StandardSource("stl10", root=tmp_path, split="test"), "test")
+    np.testing.assert_array_equal(x, img)
+    assert y.tolist() == [0, 9]
 
 
 def test_array_source_validates():
