@@ -51,14 +51,13 @@ def compression(path: str | os.PathLike) -> str | None:
 def open_archive(path: str | os.PathLike) -> BinaryIO:
     """The archive at ``path`` as a decompressed binary stream (caller closes it)."""
     kind = compression(path)
-    raw = open(path, "rb")
     if kind == "gzip":
-        return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
+        return gzip.GzipFile(filename=path, mode="rb")  # type: ignore[return-value]
     if kind == "bzip2":
-        return bz2.BZ2File(raw)  # type: ignore[return-value]
+        return bz2.BZ2File(path)  # type: ignore[return-value]
     if kind == "xz":
-        return lzma.LZMAFile(raw)  # type: ignore[return-value]
-    return raw
+        return lzma.LZMAFile(path)  # type: ignore[return-value]
+    return open(path, "rb")
 
 
 class _RecordingInfo(tarfile.TarInfo):
