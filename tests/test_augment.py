@@ -277,33 +277,31 @@ def test_in_place_expansion_failing_midway_leaves_the_folder_as_it_was(tmp_path,
     src = tmp_path / "shards"
     make_encrypted(src, "webdataset")
     before = {p.name: p.read_bytes() for p in src.iterdir()}
-    real = A._shift
-    calls = {"n": 0}
-
-    def failing(*args):
-        calls["n"] += 1
-        if calls["n"] > 20:
-            raise OSError(28, "No space left on device")
-        return real(*args)
-
-    monkeypatch.setattr(A, "_shift", failing)
+    _disk_full_after(20, monkeypatch)
     with pytest.raises(OSError):
         augment_folder(src, progress=False, write_batch=64)
     assert {p.name: p.read_bytes() for p in src.iterdir()} == before
 
 
-def test_interrupted_run_leaves_no_complete_output(enc, tmp_path, monkeypatch):
-    src, _ = enc
+def _disk_full_after(n: int, monkeypatch) -> dict:
+    """Make the expansion fail with ENOSPC after ``n`` shift operations; returns the call counter."""
     calls = {"n": 0}
     real = A._shift
 
     def failing(*args):
         calls["n"] += 1
-        if calls["n"] > 20:
+        if calls["n"] > n:
             raise OSError(28, "No space left on device")
         return real(*args)
 
     monkeypatch.setattr(A, "_shift", failing)
+    return calls
+
+
+def test_interrupted_run_leaves_no_complete_output(enc, tmp_path, monkeypatch):
+    src, _ = enc
+    real = A._shift
+    calls = _disk_full_after(20, monkeypatch)
     out = tmp_path / "x"
     for budget in (1 << 30, 150 * 3200):  # resident and bucketed
         calls["n"] = 0
