@@ -10,16 +10,15 @@ Profiles (every field can be overridden on the command line; see ``docs/train.md
 """
 import click
 
+from . import fast
 from .cli import make_command
 
 PROFILES = {
     "paper": dict(epochs=300, batch_size=64, lr=0.1, momentum=0.9, nesterov=False, weight_decay=1e-4,
-                  schedule="step", milestones=[150, 225], gamma=0.1, amp="off", channels_last=True),
-    "fast": dict(epochs=40, batch_size=512, lr=0.4, momentum=0.9, nesterov=True, weight_decay=5e-4,
-                 schedule="onecycle", warmup=0.2, label_smoothing=0.1, amp="bf16", channels_last=True,
-                 flip=True, shift=4, eval_every=5, checkpoint_every=10),
+                  schedule="step", milestones=[150, 225], gamma=0.1, amp="off", channels_last=None),
+    "fast": dict(fast.PROFILE),  # train/fast.py: the whole recipe in one file
     "smoke": dict(epochs=1, batch_size=64, lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-4,
-                  schedule="onecycle", warmup=0.3, label_smoothing=0.1, amp="bf16", channels_last=True,
+                  schedule="onecycle", warmup=0.3, label_smoothing=0.1, amp="auto", channels_last=None,
                   flip=True, shift=4, workers=0),
 }
 
