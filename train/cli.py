@@ -64,7 +64,7 @@ def make_command(model: str, profiles: dict[str, dict], model_options: dict[str,
                   "tanaka-nibbles, none). See docs/train.md.")
     @click.option("--amp", type=click.Choice(AMPS), help="bf16 autocast on any device; auto: on CUDA only.")
     @click.option("--channels-last/--no-channels-last", default=None,
-                  help="NHWC memory layout on any device (the profiles: on CUDA only).")
+                  help="NHWC (default) or NCHW memory layout of the network.")
     @click.option("--sgd", type=click.Choice(SGDS), help="SGD step: fused, foreach, plain; auto: fused on CUDA.")
     @click.option("--compile/--no-compile", default=None, help="torch.compile the model (not timed: warm-up).")
     @click.option("--ema", type=click.FloatRange(0, 1, max_open=True),

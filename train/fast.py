@@ -58,7 +58,7 @@ PROFILE = dict(
     momentum=0.9, nesterov=True, weight_decay=5e-4, norm_bias_decay=False,
     label_smoothing=0.1, ema=0.99, tta=True,
     flip=True, shift=4, fill="reflect", input="auto", norm="train",   # fold for NP / NP+CS shards
-    amp="auto", channels_last=None, sgd="auto",                       # bf16, NHWC, fused: on CUDA
+    amp="auto", channels_last=None, sgd="auto",                       # bf16, fused on CUDA; NHWC
     data="memory", eval_every=10, checkpoint_every=10, eval_batch_size=2000,
 )
 EMA_EVERY = 5  # steps between EMA updates

@@ -13,8 +13,8 @@ its ``test`` split (Enc(Q), whatever key mode wrote it) and on each extra evalua
 
 SGD with momentum; a step schedule (the paper's) or a one-cycle schedule (linear warm-up, then
 linear decay to zero), set per step. Precision and kernels (``--amp``, ``--channels-last``,
-``--sgd``, ``--compile``) run on any device; their ``auto`` settings turn bf16 autocast,
-channels_last and the fused SGD step on for CUDA only. A few throwaway steps before the clock
+``--sgd``, ``--compile``) run on any device; ``auto`` turns bf16 autocast and the fused SGD step
+on for CUDA only, and channels_last (NHWC) on everywhere. A few throwaway steps before the clock
 starts (``prewarm``) absorb cuDNN autotuning and compilation; epochs are timed with CUDA events
 on a GPU. Under ``torchrun`` (any number of processes, one included) the model is wrapped in
 DistributedDataParallel (NCCL on CUDA, gloo on CPU); rank 0 writes all files.
@@ -91,7 +91,7 @@ class Config:
     ema: float = 0.0  # fast recipe: EMA decay per step of the evaluated weights (0: none)
     tta: bool = False  # fast recipe: evaluate on each image and its mirror (mean of the logits)
     amp: str = "off"  # bf16 autocast: "bf16", "off" or "auto" (CUDA only)
-    channels_last: bool | None = False  # None: on CUDA only
+    channels_last: bool | None = None  # None: on (NHWC layout: the batches' own; tensor cores on CUDA)
     sgd: str = "auto"  # SGD step implementation (SGDS)
     compile: bool = False
     prewarm: int = 2  # throwaway steps before the clock starts (model and optimiser restored after)
@@ -196,7 +196,7 @@ class Kernels:
     def of(cls, cfg: Config, device: torch.device) -> "Kernels":
         cuda = device.type == "cuda"
         amp = cfg.amp == "bf16" or (cfg.amp == "auto" and cuda)
-        channels_last = cuda if cfg.channels_last is None else bool(cfg.channels_last)
+        channels_last = True if cfg.channels_last is None else bool(cfg.channels_last)
         sgd = cfg.sgd if cfg.sgd != "auto" else ("fused" if cuda else "foreach")
         return cls(amp, channels_last, sgd)
 
@@ -343,7 +343,8 @@ def prewarm(steps: int, model: nn.Module, opt: torch.optim.Optimizer, step: Call
 class Classifier(nn.Module):
     """``Preprocess`` (fold, normalise), the optional adaptation network, then the network;
     input NCHW uint8. An adaptation network with ``raw_input`` gets the values before
-    normalisation (see ``train.adapt``)."""
+    normalisation (see ``train.adapt``). ``channels_last``: the network's input in NHWC memory
+    layout (as the batches arrive: ``x.permute(0, 3, 1, 2)`` of NHWC), else made NCHW-contiguous."""
 
     def __init__(self, pre: Preprocess, net: nn.Module, channels_last: bool = False, adapt: nn.Module | None = None):
         super().__init__()
@@ -353,8 +354,7 @@ class Classifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         raw = self.adapt is not None and getattr(self.adapt, "raw_input", False)
         x = self.pre.transform(x) if raw else self.pre(x)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
         if self.adapt is not None:
             x = self.adapt(x)
         return self.net(x)
@@ -818,6 +818,6 @@ def load_model(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -
     n_classes = ck["model"]["net.fc.weight"].shape[0]
     net = MODELS[cfg["model"]](num_classes=n_classes, **cfg["model_args"])
     adapt = A.build(cfg["adapt"], cfg.get("adapt_args") or {}) if cfg.get("adapt") not in (None, "none") else None
-    model = Classifier(Preprocess(ck["norm"]["mean"], ck["norm"]["std"], cfg["input"], sort), net, adapt=adapt)
+    model = Classifier(Preprocess(ck["norm"]["mean"], ck["norm"]["std"], cfg["input"], sort), net, True, adapt)
     model.load_state_dict(ck["model"])
     return model.to(device).eval()
