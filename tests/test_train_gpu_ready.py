@@ -113,13 +113,13 @@ def test_ddp_two_gloo_processes(tmp_path, folders, case):
     same BatchNorm statistics on every rank (problem 3), and the checkpoint is every rank's."""
     env = {"SMALL_MEMORY_RANK": "1"} if case == "auto-stream" else {}
     m, out, spy = _torchrun(tmp_path, folders, ["--data", "memory" if case == "memory" else "auto"], env)
+    assert _bn_equal_on_every_rank(spy) >= 4  # 2 epochs x (test, plain)
     assert m["world_size"] == 2 and m["ranks_in_sync"] is True and m["complete"] and m["effective"]["ddp"]
     assert m["effective"]["global_batch"] == 8
     # memory: 32 images / 2 processes / batch 4; stream: 4 shards (10, 10, 10, 2) dealt to 2 processes
     assert m["effective"]["data"] == ("memory" if case == "memory" else "stream")
     assert m["effective"]["steps_per_epoch"] == (4 if case == "memory" else 3)
     assert len(read_log(out)) == 2 and 0 <= m["eval"]["plain"]["final_acc"] <= 1
-    assert _bn_equal_on_every_rank(spy) >= 4  # 2 epochs x (test, plain)
 
 
 def test_sync_batchnorm_stats_is_a_no_op_without_ddp():
@@ -192,9 +192,11 @@ def _spy_model(monkeypatch) -> dict:
 @pytest.mark.parametrize("recipe", ["loop", "fast"])
 def test_bf16_channels_last_and_fused_sgd_run_on_cpu(tmp_path, folders, monkeypatch, recipe):
     seen = _spy_model(monkeypatch)
-    extra = dict(recipe="fast", ema=0.9, tta=True) if recipe == "fast" else {}
-    m = run(tiny(amp="bf16", channels_last=True, sgd="fused", **extra), folders["npcs"], tmp_path / "r",
-            device="cpu", quiet=True)
+    cfg = tiny(amp="bf16", channels_last=True)
+    cfg.sgd = "fused"
+    if recipe == "fast":
+        cfg.recipe, cfg.ema, cfg.tta = "fast", 0.9, True
+    m = run(cfg, folders["npcs"], tmp_path / "r", device="cpu", quiet=True)
     assert m["effective"]["amp"] == "bf16" and m["effective"]["channels_last"] is True
     assert m["effective"]["sgd"] == "fused"
     assert seen == {"dtype": torch.bfloat16, "channels_last": True}
@@ -277,10 +279,12 @@ def test_warm_up_and_compilation_are_not_timed(tmp_path, folders, monkeypatch, r
         return real(*a, **k)
 
     extra = dict(recipe="fast", ema=0.9) if recipe == "fast" else {}
+    with monkeypatch.context() as mp:
+        mp.setattr(L, "train_step", first_step_slow)
+        m = run(tiny(**extra), folders["npcs"], tmp_path / "r", device="cpu", quiet=True)
+    assert m["train_seconds"] < 1.5 and m["images_per_s"] > N_TRAIN / 1.5
+    assert m["prewarm_seconds"] >= 2.0
     ref = run(tiny(prewarm=0, **extra), folders["npcs"], tmp_path / "ref", device="cpu", quiet=True)
-    monkeypatch.setattr(L, "train_step", first_step_slow)
-    m = run(tiny(**extra), folders["npcs"], tmp_path / "r", device="cpu", quiet=True)
-    assert m["prewarm_seconds"] >= 2.0 and m["train_seconds"] < 1.5
     assert len(calls) == len(read_log(tmp_path / "r")) * (N_TRAIN // 8) + 2  # 2 warm-up steps
     a = torch.load(tmp_path / "ref" / "checkpoint.pt", weights_only=False)["model"]
     b = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=False)["model"]
@@ -315,11 +319,11 @@ def test_stream_workers_persist_across_epochs(folders, tmp_path, monkeypatch):
         shards = open_shards(folders["npcs"], "train")
         loader = D.StreamLoader(shards, 4, torch.device("cpu"), seed=1, workers=2, buffer=8)
         orders = [[tuple(y.tolist()) for _, y in loader.epoch(e)] for e in range(3)]
+        pids = set(log.read_text().split())
+        assert len(pids) == 2 and os.getpid() not in {int(p) for p in pids}  # two workers, started once
         loader.close()
     finally:
         multiprocessing.set_start_method(before, force=True)
-    pids = set(log.read_text().split())
-    assert len(pids) == 2 and os.getpid() not in {int(p) for p in pids}  # two workers, started once
     assert orders[0] != orders[1] != orders[2]  # still a new shuffle every epoch
     # the same batches as fresh workers started at each epoch (what a resumed run sees)
     for e in (1, 2):
