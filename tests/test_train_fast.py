@@ -1,5 +1,6 @@
 """train.fast, the fast recipe (``--profile fast``): fold input by default, no weight decay on
 BatchNorm and biases, EMA weights evaluated with flip TTA, resume, refusals. Tiny CPU runs."""
+# ruff: noqa: F811  (the fixtures of test_train are imported by name, then requested as arguments)
 from __future__ import annotations
 
 import json

@@ -3,6 +3,7 @@ CUDA-only settings (bf16 autocast, channels_last, fused SGD, torch.compile) exer
 
 Each test names the problem it guards (numbers as in docs/train.md, "Checked on CPU").
 """
+# ruff: noqa: F811  (the fixtures of test_train are imported by name, then requested as arguments)
 from __future__ import annotations
 
 import json

@@ -668,7 +668,8 @@ def run(cfg: Config, shards_dir: str | os.PathLike, out: str | os.PathLike, eval
         history, start_epoch, prior_seconds = ck["history"], ck["epoch"], ck["seconds"]
     step_model = model
     if proc.ddp:
-        step_model = nn.parallel.DistributedDataParallel(model, device_ids=[proc.device.index] if proc.device.type == "cuda" else None)
+        cuda_ids = [proc.device.index] if proc.device.type == "cuda" else None
+        step_model = nn.parallel.DistributedDataParallel(model, device_ids=cuda_ids)
     if cfg.compile:
         step_model = torch.compile(step_model)
     steps = len(loader)
