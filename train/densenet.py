@@ -4,8 +4,11 @@ Profiles (every field can be overridden on the command line; see ``docs/train.md
 
 - ``paper``: SGD momentum 0.9, batch 64, lr 0.1 divided by 10 at epochs 150 and 225, 300
   epochs, weight decay 1e-4, float32; for the 8x expanded shards (no on-device augmentation).
-- ``fast``: batch 512, one-cycle to lr 0.4 (20% warm-up, linear decay), Nesterov, weight decay
-  5e-4, label smoothing 0.1, bf16 autocast, channels_last, 40 epochs of on-device flip + shift.
+- ``fast``: the fast recipe, ``train/fast.py`` (one file, one device, data resident on it):
+  batch 512, one-cycle to lr 0.4 (20% warm-up, linear decay to 0), Nesterov momentum 0.9,
+  weight decay 5e-4 except on BatchNorm and biases, label smoothing 0.1, 40 epochs of on-device
+  flip + shift (reflect fill), fold input for NP/NP+CS shards, EMA weights evaluated with flip
+  test-time augmentation; bf16, NHWC and the fused SGD step on CUDA.
 - ``smoke``: one short epoch to check that everything runs.
 """
 import click
@@ -28,8 +31,9 @@ each --eval folder (e.g. plain shards: plain Q). Writes log.csv, metrics.json, c
 \b
 Profiles (options override single settings):
   paper  SGD momentum 0.9, batch 64, lr 0.1 /10 at epochs 150, 225; 300 epochs; wd 1e-4; float32
-  fast   batch 512, one-cycle to lr 0.4, Nesterov, wd 5e-4, label smoothing 0.1, bf16 + channels_last
-         (CUDA), 40 epochs of on-device flip + shift
+  fast   the fast recipe (train/fast.py): batch 512, one-cycle to lr 0.4, Nesterov, label smoothing
+         0.1, no weight decay on BatchNorm, 40 epochs of on-device flip + shift, fold input for
+         NP/NP+CS, EMA weights, flip TTA; bf16 + fused SGD on CUDA; one device
   smoke  one short epoch, to check that everything runs
 
 \b

@@ -5,10 +5,11 @@ Profiles (every field can be overridden on the command line; see ``docs/train.md
 - ``paper``: the paper's schedule. SGD momentum 0.9, batch 128, lr 0.1 divided by 5 at epochs
   60, 120 and 160, 200 epochs, weight decay 5e-4, float32. Meant for the 8x expanded shards
   written by ``ppdata augment`` (no on-device augmentation).
-- ``fast``: minutes on one H100-class GPU. Batch 512, one-cycle (linear warm-up over the first
-  20% of steps to lr 0.4, then linear decay to 0), Nesterov momentum 0.9, weight decay 5e-4,
-  label smoothing 0.1, bf16 autocast, channels_last, 40 epochs of on-device random flip +
-  shift (up to 4 px, zero fill) of the un-expanded shards: 2M training images seen.
+- ``fast``: the fast recipe, ``train/fast.py`` (one file, one device, data resident on it):
+  batch 512, one-cycle to lr 0.4 (20% warm-up, linear decay to 0), Nesterov momentum 0.9,
+  weight decay 5e-4 except on BatchNorm and biases, label smoothing 0.1, 40 epochs of on-device
+  flip + shift (reflect fill), fold input for NP/NP+CS shards, EMA weights evaluated with flip
+  test-time augmentation; bf16, NHWC and the fused SGD step on CUDA.
 - ``smoke``: one short epoch to check that everything runs (CPU, embedded sample).
 """
 import click
@@ -31,8 +32,9 @@ each --eval folder (e.g. plain shards: plain Q). Writes log.csv, metrics.json, c
 \b
 Profiles (options override single settings):
   paper  SGD momentum 0.9, batch 128, lr 0.1 /5 at epochs 60, 120, 160; 200 epochs; wd 5e-4; float32
-  fast   batch 512, one-cycle to lr 0.4, Nesterov, wd 5e-4, label smoothing 0.1, bf16 + channels_last
-         (CUDA), 40 epochs of on-device flip + shift
+  fast   the fast recipe (train/fast.py): batch 512, one-cycle to lr 0.4, Nesterov, label smoothing
+         0.1, no weight decay on BatchNorm, 40 epochs of on-device flip + shift, fold input for
+         NP/NP+CS, EMA weights, flip TTA; bf16 + fused SGD on CUDA; one device
   smoke  one short epoch, to check that everything runs
 
 \b
