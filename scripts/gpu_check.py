@@ -272,12 +272,12 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     deadline = t0 + a.budget
 
+    train_tar, test_tar = find_archives(Path(a.data))
     import torch
 
     if not a.tiny and not torch.cuda.is_available():
         raise SystemExit("gpu-check: no CUDA device here; on a CPU run the tiny check: make gpu-check DATA=... TINY=1")
     device = "cpu" if a.tiny else "cuda"
-    train_tar, test_tar = find_archives(Path(a.data))
     work = Path(a.work)
     if work.exists():
         import shutil

@@ -244,6 +244,7 @@ def test_sgd_implementations_take_the_same_steps(nesterov):
     assert not torch.allclose(params["plain"], params["init"], atol=1e-4)  # the steps moved the weights
 
 
+@pytest.mark.slow  # dynamo tracing and AOT autograd of ResNet-18: ~10 s each
 @pytest.mark.parametrize("recipe", ["loop", "fast"])
 def test_compile_runs_on_cpu(tmp_path, folders, monkeypatch, recipe):
     """--compile through dynamo and AOT autograd (the ``aot_eager`` backend: inductor's code
