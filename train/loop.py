@@ -534,9 +534,6 @@ def check_resume(cfg: Config, ck: dict, train: ShardSet) -> None:
         raise PpdataError(f"--resume: {train.directory} is not the shard folder the checkpoint was trained on")
 
 
-_check_resume = check_resume  # the name used before
-
-
 def log_fields(evals: list[EvalSet], history: list[dict]) -> list[str]:
     """log.csv columns: an accuracy column for each current evaluation set, then for each set
     an earlier part of a resumed run evaluated but this one does not."""
