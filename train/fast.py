@@ -18,7 +18,8 @@ lives on the device and nothing inside an epoch waits for the host. In order:
 4. Schedule. One-cycle: linear warm-up over the first 20% of steps to lr 0.4, linear decay to 0.
 5. EMA. An exponential moving average of the weights and BatchNorm statistics (decay 0.99 per
    step, applied every 5 steps: ``torch.optim.swa_utils.AveragedModel``) is the model that is
-   evaluated and saved.
+   evaluated and saved. Its decay warms up, min(0.99^5, (1 + u) / (10 + u)) at update u (as
+   TensorFlow's and timm's EMAs do), so that in a short run it does not lag behind the weights.
 6. Evaluation. Enc(Q) (the folder's test split) and every ``--eval`` folder (plain Q, ...), with
    flip test-time augmentation: the mean of the logits of each image and its mirror.
 7. Speed. On CUDA: bf16 autocast, channels_last, the fused SGD step, cuDNN autotuning; optional
@@ -185,6 +186,8 @@ def run(cfg: L.Config, shards_dir, out, eval_dirs=(), device: str = "auto", resu
             lr = L.lr_at(cfg, n_step, steps)
             loss, logits = step(x, y, lr, gen)
             if ema is not None and (n_step + 1) % EMA_EVERY == 0:
+                u = (n_step + 1) // EMA_EVERY  # the decay warms up: early weights fade fast in short runs
+                ema.multi_avg_fn = get_ema_multi_avg_fn(min(cfg.ema ** EMA_EVERY, (1 + u) / (10 + u)))
                 ema.update_parameters(model)
             loss_sum += loss.float() * len(y)
             correct += (logits.argmax(1) == y).sum()
