@@ -49,11 +49,14 @@ bench: setup
 # (plain, NP+CS), the fast recipe on both, a 1-process torchrun DDP smoke and the streaming feed ratio;
 # writes bench/results/gpu-<date>.md and .json. DATA: a folder holding CIFAR-10's JPEG archives
 # train.tar.gz and test.tar.gz. TINY=1: the same steps on CPU with tiny data (about a minute).
+# On a fresh machine run `make setup` first, as its own command: the 8 minutes are the check's.
+# ARGS: more options of scripts/gpu_check.py (--budget, --epochs, --workers, --no-compile).
 DATA ?=
+ARGS ?=
 gpu-check:
 	@test -n "$(DATA)" || { echo "usage: make gpu-check DATA=folder-with-cifar10-train.tar.gz-and-test.tar.gz [TINY=1]"; exit 2; }
 	$(MAKE) setup
-	$(PY) scripts/gpu_check.py --data "$(DATA)" $(if $(TINY),--tiny)
+	$(PY) scripts/gpu_check.py --data "$(DATA)" $(if $(TINY),--tiny) $(ARGS)
 
 clean:
 	rm -rf $(DEMO) .pytest_cache build *.egg-info
