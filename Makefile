@@ -6,7 +6,7 @@ PPDATA := $(VENV)/bin/ppdata
 STAMP := $(VENV)/.ppdata-installed
 DEMO := demo-out
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo test test-fast bench gpu-check clean
 
 setup: $(STAMP)
 
@@ -44,6 +44,19 @@ bench: setup
 	$(PY) bench/encrypt.py
 	$(PY) bench/schemes.py
 	$(PY) bench/augment.py
+
+# The GPU check (docs/train.md): on a fresh machine with one GPU, in at most 8 minutes, CIFAR-10 shards
+# (plain, NP+CS), the fast recipe on both, a 1-process torchrun DDP smoke and the streaming feed ratio;
+# writes bench/results/gpu-<date>.md and .json. DATA: a folder holding CIFAR-10's JPEG archives
+# train.tar.gz and test.tar.gz. TINY=1: the same steps on CPU with tiny data (about a minute).
+# On a fresh machine run `make setup` first, as its own command: the 8 minutes are the check's.
+# ARGS: more options of scripts/gpu_check.py (--budget, --epochs, --workers, --no-compile).
+DATA ?=
+ARGS ?=
+gpu-check:
+	@test -n "$(DATA)" || { echo "usage: make gpu-check DATA=folder-with-cifar10-train.tar.gz-and-test.tar.gz [TINY=1]"; exit 2; }
+	$(MAKE) setup
+	$(PY) scripts/gpu_check.py --data "$(DATA)" $(if $(TINY),--tiny) $(ARGS)
 
 clean:
 	rm -rf $(DEMO) .pytest_cache build *.egg-info

@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -353,25 +350,6 @@ def test_cli_smoke_and_errors(tmp_path, folders):
     m = json.loads((tmp_path / "dn" / "metrics.json").read_text())
     assert m["model"] == "densenet40" and m["config"]["model_args"] == {"depth": 10, "growth": 4}
     assert m["config"]["flip"] is False and m["config"]["shift"] == 0 and m["input"]["sort"] is True
-
-
-@pytest.mark.slow  # three Python processes start torch: ~15 s on a busy 2-core machine
-@pytest.mark.parametrize("data", ["memory", "stream"])
-def test_ddp_two_gloo_processes(tmp_path, folders, data):
-    out = tmp_path / "ddp"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "train.resnet", str(folders["npcs"]), "--profile", "smoke", "--width", "4", "--batch-size", "4",
-           "--epochs", "2", "--data", data, "--workers", "1", "--eval", str(folders["plain"]),
-           "--device", "cpu", "--out", str(out), "-q"]
-    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert p.returncode == 0, p.stderr[-3000:]
-    m = json.loads((out / "metrics.json").read_text())
-    assert m["world_size"] == 2 and m["ranks_in_sync"] is True and m["complete"]
-    assert m["effective"]["global_batch"] == 8
-    # memory: 32 images / 2 processes / batch 4; stream: 4 shards (10, 10, 10, 2) dealt to 2 processes
-    assert m["effective"]["steps_per_epoch"] == (4 if data == "memory" else 3)
-    assert len(read_log(out)) == 2 and 0 <= m["eval"]["plain"]["final_acc"] <= 1
 
 
 def test_unexpanded_folder_points_to_its_expansion(tmp_path):

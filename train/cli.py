@@ -18,13 +18,14 @@ from ppdata.errors import PpdataError
 from .adapt import ADAPTERS, AUTO
 from .augment import FILLS
 from .data import DATA_MODES
-from .loop import AMPS, SCHEDULES, Config, run
-from .preprocess import INPUTS, NORMS
+from .loop import AMPS, INPUT_MODES, SCHEDULES, SGDS, Config, run, under_torchrun
+from .preprocess import NORMS
 
 # CLI option -> Config field (None values are "not given": the profile's value stays)
 _OVERRIDES = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "schedule", "warmup",
               "label_smoothing", "shift", "fill", "input", "norm", "amp", "channels_last", "compile",
-              "data", "workers", "seed", "eval_every", "checkpoint_every", "nesterov", "adapt")
+              "data", "workers", "seed", "eval_every", "checkpoint_every", "nesterov", "adapt", "sgd", "ema",
+              "tta")
 
 
 def make_command(model: str, profiles: dict[str, dict], model_options: dict[str, Callable], doc: str,
@@ -53,16 +54,22 @@ def make_command(model: str, profiles: dict[str, dict], model_options: dict[str,
                   help="On-device random flip + shift (--shift pixels) of the encrypted images.")
     @click.option("--shift", type=click.IntRange(min=0), help="Largest random shift in pixels (0: none).")
     @click.option("--fill", type=click.Choice(FILLS), help="What fills pixels vacated by a shift.")
-    @click.option("--input", type=click.Choice(INPUTS),
-                  help="raw: stored pixels; fold: min(e,255-e) per channel, sorted per pixel under CS.")
+    @click.option("--input", type=click.Choice(INPUT_MODES),
+                  help="raw: stored pixels; fold: min(e,255-e) per channel, sorted per pixel under CS; "
+                  "auto: fold for NP/NP+CS shards, raw otherwise.")
     @click.option("--norm", type=click.Choice(NORMS), help="train: mean/std of the training shards; half: 127.5/127.5.")
     @click.option("--adapt", type=click.Choice([AUTO, "none", *ADAPTERS]), is_flag=False, flag_value=AUTO,
                   metavar="[NAME]", help="Train an adaptation network before the classifier, end to end: the "
                   "scheme's own (--adapt: icip for icip/pixel, tanaka for le) or NAME (icip, tanaka, "
                   "tanaka-nibbles, none). See docs/train.md.")
-    @click.option("--amp", type=click.Choice(AMPS), help="bf16 autocast (CUDA only).")
-    @click.option("--channels-last/--no-channels-last", default=None, help="CUDA only.")
-    @click.option("--compile/--no-compile", default=None, help="torch.compile the model.")
+    @click.option("--amp", type=click.Choice(AMPS), help="bf16 autocast on any device; auto: on CUDA only.")
+    @click.option("--channels-last/--no-channels-last", default=None,
+                  help="NHWC (default) or NCHW memory layout of the network.")
+    @click.option("--sgd", type=click.Choice(SGDS), help="SGD step: fused, foreach, plain; auto: fused on CUDA.")
+    @click.option("--compile/--no-compile", default=None, help="torch.compile the model (not timed: warm-up).")
+    @click.option("--ema", type=click.FloatRange(0, 1, max_open=True),
+                  help="Fast recipe: EMA decay per step of the evaluated weights (0: none).")
+    @click.option("--tta/--no-tta", default=None, help="Fast recipe: evaluate on each image and its mirror.")
     @click.option("--data", type=click.Choice(DATA_MODES), help="memory: whole split on the device; stream: webdataset/HDF5 workers.")
     @click.option("--workers", type=click.IntRange(min=0), help="DataLoader workers for --data stream.")
     @click.option("--seed", type=int)
@@ -86,7 +93,7 @@ def make_command(model: str, profiles: dict[str, dict], model_options: dict[str,
             if not augment and opts.get("shift") is None:
                 cfg.shift = 0
         if out is None:
-            if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            if under_torchrun():
                 raise click.UsageError("--out is required under torchrun")
             out = os.path.join("runs", f"{model}-{profile}-{time.strftime('%Y%m%d-%H%M%S')}")
         try:

@@ -9,9 +9,11 @@ Batches come out as ``(x, y)``: ``x`` (B, H, W, 3) uint8 on the device, ``y`` (B
   gathers on the device: no per-epoch decoding, no host-device copies. Each process of a
   DDP run holds the full split and takes its own slice of a common permutation.
 - ``StreamLoader`` (``--data stream``): for data that does not fit. WebDataset shards go through
-  a ``webdataset`` pipeline (``split_by_node``, ``split_by_worker``, a per-epoch shard-order and
-  sample shuffle) in ``DataLoader`` worker processes; HDF5 files are read in contiguous blocks,
-  split the same way. Batches are pinned and copied asynchronously.
+  a ``webdataset`` pipeline (shards dealt round-robin to processes, then to workers; a per-epoch
+  shard-order and sample shuffle) in ``DataLoader`` worker processes; HDF5 files are read in
+  contiguous blocks of whole chunks, dealt the same way. Workers are started once and persist
+  across epochs; every pipeline stage pickles, so any start method works (fork, forkserver,
+  spawn). Batches are pinned and copied asynchronously.
 
 Both drop the last partial batch and give every process the same number of steps per epoch
 (computed from the manifest's per-shard counts), so DDP never waits on a missing batch.
@@ -20,6 +22,7 @@ Augmentation (``train.augment``) is applied by the training loop, on the device.
 """
 from __future__ import annotations
 
+import functools
 import io
 import os
 import random
@@ -75,21 +78,26 @@ def split_bytes(shards: ShardSet) -> int:
     return len(shards) * int(np.prod(shards.shape)) + 8 * len(shards)
 
 
-def choose_mode(mode: str, shards: ShardSet, device: torch.device) -> str:
-    """``auto``: memory when the split takes under 40% of the free device (or host) memory."""
+def free_memory(device: torch.device) -> int:
+    """Free bytes of ``device`` (CUDA), or available host memory (CPU; 8 GiB if unknown)."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30
+
+
+def choose_mode(mode: str, shards: ShardSet, device: torch.device, free: int | None = None) -> str:
+    """``auto``: memory when the split takes under 40% of ``free`` bytes (default: this device's
+    free memory). Under DDP pass the smallest free memory of all processes, so that every
+    process makes the same choice (their step counts must agree)."""
     if mode not in DATA_MODES:
         raise ValueError(f"data mode must be one of {DATA_MODES}")
     if mode != "auto":
         return mode
-    need = split_bytes(shards)
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-    else:
-        try:
-            free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (ValueError, OSError, AttributeError):
-            free = 8 << 30
-    return "memory" if need < 0.4 * free else "stream"
+    free = free_memory(device) if free is None else free
+    return "memory" if split_bytes(shards) < 0.4 * free else "stream"
 
 
 class DeviceLoader:
@@ -132,6 +140,10 @@ def eval_batches(split: Split, batch_size: int, rank: int = 0, world: int = 1):
 
 # ---------------------------------------------------------------------------------------------
 # streaming
+#
+# Every stage below is a module-level class or function, so the pipeline pickles: DataLoader
+# workers start under any multiprocessing start method (fork, forkserver: Python 3.14's default
+# on Linux, spawn: macOS and Windows).
 
 
 def steps_per_epoch(counts: list[int], batch_size: int, world: int, workers: int) -> int:
@@ -144,39 +156,48 @@ def steps_per_epoch(counts: list[int], batch_size: int, world: int, workers: int
     return min(steps) if steps else 0
 
 
-def _worker_rng(seed: int, epoch: int) -> random.Random:
-    from webdataset.utils import pytorch_worker_info
-
-    rank, _, worker, _ = pytorch_worker_info()
-    return random.Random(_seed(seed, epoch, rank, worker))
-
-
-def _shuffled(seed: int, epoch: int):
-    """Pipeline stage: this worker's shards (or samples) in a seeded random order."""
-
-    def stage(src):
-        items = list(src)
-        _worker_rng(seed, epoch).shuffle(items)
-        yield from items
-
-    return stage
+def _worker() -> tuple[int, int]:
+    """(this DataLoader worker's id, number of workers); (0, 1) in the main process."""
+    info = torch.utils.data.get_worker_info()
+    return (info.id, info.num_workers) if info is not None else (0, 1)
 
 
-def _buffer_shuffle(bufsize: int, seed: int, epoch: int):
-    def stage(src):
-        rng = _worker_rng(seed, epoch + 1_000_003)
+def _rng(seed: int, epoch: int, rank: int) -> random.Random:
+    return random.Random(_seed(seed, epoch, rank, _worker()[0]))
+
+
+class DealShards:
+    """Pipeline stage: this process's shards (round-robin by ``rank``), then this worker's
+    (round-robin by worker id), in a seeded random order."""
+
+    def __init__(self, rank: int, world: int, seed: int, epoch: int):
+        self.rank, self.world, self.seed, self.epoch = rank, world, seed, epoch
+
+    def __call__(self, src):
+        worker, workers = _worker()
+        mine = list(src)[self.rank :: self.world][worker::workers]
+        _rng(self.seed, self.epoch, self.rank).shuffle(mine)
+        yield from mine
+
+
+class BufferShuffle:
+    """Pipeline stage: a seeded shuffle buffer of ``size`` samples."""
+
+    def __init__(self, size: int, rank: int, seed: int, epoch: int):
+        self.size, self.rank, self.seed, self.epoch = size, rank, seed, epoch
+
+    def __call__(self, src):
+        rng = _rng(self.seed, self.epoch + 1_000_003, self.rank)
         buf = []
         for s in src:
-            if len(buf) < bufsize:
+            if len(buf) < self.size:
                 buf.append(s)
                 continue
-            k = rng.randrange(bufsize)
+            k = rng.randrange(self.size)
             buf[k], s = s, buf[k]
             yield s
         rng.shuffle(buf)
         yield from buf
-
-    return stage
 
 
 def _decode(sample: dict) -> tuple[np.ndarray, int]:
@@ -188,40 +209,56 @@ def _collate(samples):
     return torch.from_numpy(np.stack(images)), torch.tensor(labels, dtype=torch.int64)
 
 
-def webdataset_pipeline(urls: list[str], batch_size: int, seed: int, epoch: int, buffer: int):
-    """The webdataset pipeline of one epoch (per process/worker split, shuffle, decode, batch)."""
+def webdataset_pipeline(urls: list[str], batch_size: int, seed: int, epoch: int, buffer: int,
+                        rank: int = 0, world: int = 1):
+    """The webdataset pipeline of one epoch (shards of this process/worker, shuffle, decode, batch)."""
     import webdataset as wds
 
     return wds.DataPipeline(
         wds.SimpleShardList(urls),
-        wds.split_by_node,
-        wds.split_by_worker,
-        _shuffled(seed, epoch),
+        DealShards(rank, world, seed, epoch),
         wds.tarfile_to_samples(),
-        _buffer_shuffle(buffer, seed, epoch),
+        BufferShuffle(buffer, rank, seed, epoch),
         wds.map(_decode),
         wds.batched(batch_size, collation_fn=_collate, partial=False),
     )
 
 
-class H5Blocks(torch.utils.data.IterableDataset):
-    """HDF5 split read in contiguous blocks, dealt to processes and workers like shards."""
+def h5_blocks(n: int, block: int) -> list[tuple[int, int]]:
+    """``[a, b)`` row ranges of ``block`` rows covering ``0..n``."""
+    return [(a, min(n, a + block)) for a in range(0, n, block)]
 
-    def __init__(self, path: str, n: int, batch_size: int, seed: int, epoch: int, block: int, group: int = 4):
+
+def h5_block_rows(path: str | os.PathLike, target: int) -> int:
+    """Rows per read block of an HDF5 split: the multiple of the ``images`` chunk rows nearest to
+    ``target`` (at least one chunk), so that every read covers whole chunks."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        chunks = f["images"].chunks
+    if not chunks:  # contiguous storage: any block is aligned
+        return target
+    return chunks[0] * max(1, round(target / chunks[0]))
+
+
+class H5Blocks(torch.utils.data.IterableDataset):
+    """HDF5 split read in contiguous, chunk-aligned blocks, dealt to processes and workers like shards."""
+
+    def __init__(self, path: str, n: int, batch_size: int, seed: int, epoch: int, block: int, group: int = 4,
+                 rank: int = 0, world: int = 1):
         super().__init__()
         self.path, self.n, self.batch_size, self.seed, self.epoch = path, n, batch_size, seed, epoch
-        self.block, self.group = block, group
+        self.block, self.group, self.rank, self.world = block, group, rank, world
 
     def blocks(self) -> list[tuple[int, int]]:
-        return [(a, min(self.n, a + self.block)) for a in range(0, self.n, self.block)]
+        return h5_blocks(self.n, self.block)
 
     def __iter__(self):
         import h5py
-        from webdataset.utils import pytorch_worker_info
 
-        rank, world, worker, workers = pytorch_worker_info()
-        mine = self.blocks()[rank::world][worker::workers]
-        rng = _worker_rng(self.seed, self.epoch)
+        worker, workers = _worker()
+        mine = self.blocks()[self.rank :: self.world][worker::workers]
+        rng = _rng(self.seed, self.epoch, self.rank)
         rng.shuffle(mine)
         nprng = np.random.default_rng(rng.getrandbits(63))
         with h5py.File(self.path, "r") as f:
@@ -241,18 +278,40 @@ class H5Blocks(torch.utils.data.IterableDataset):
                 carry_x, carry_y = x[full:], y[full:]
 
 
-class StreamLoader:
-    """Training batches streamed from shards by ``workers`` DataLoader processes."""
+class Epochs(torch.utils.data.IterableDataset):
+    """Epoch ``first``, ``first + 1``, ... of ``make(epoch)`` on successive iterations.
 
-    H5_BLOCK = 2048
+    Persistent DataLoader workers keep their own copy of this object, so the epoch advances
+    inside each worker: one worker start per run, not per epoch."""
+
+    def __init__(self, make, first: int):
+        super().__init__()
+        self.make, self.epoch = make, first
+
+    def __iter__(self):
+        data = self.make(epoch=self.epoch)
+        self.epoch += 1
+        return iter(data)
+
+
+class StreamLoader:
+    """Training batches streamed from shards by ``workers`` DataLoader processes.
+
+    Workers persist across epochs (started once, on the first epoch, or again when epochs are
+    not consecutive). ``start_method``: the workers' multiprocessing start method (fork,
+    forkserver, spawn; None: the platform's default). ``close()`` stops them."""
+
+    H5_BLOCK = 2048  # target rows per HDF5 read; rounded to whole chunks
 
     def __init__(self, shards: ShardSet, batch_size: int, device: torch.device, seed: int = 0,
-                 rank: int = 0, world: int = 1, workers: int = 4, buffer: int = 10000):
+                 rank: int = 0, world: int = 1, workers: int = 4, buffer: int = 10000,
+                 start_method: str | None = None):
         self.shards, self.batch_size, self.device = shards, batch_size, device
         self.seed, self.rank, self.world, self.workers, self.buffer = seed, rank, world, workers, buffer
+        self.start_method = start_method
         if shards.format == "hdf5":
-            n = len(shards)
-            counts = [min(n, a + self.H5_BLOCK) - a for a in range(0, n, self.H5_BLOCK)]
+            self.block = h5_block_rows(shards.paths[0], self.H5_BLOCK)
+            counts = [b - a for a, b in h5_blocks(len(shards), self.block)]
         else:
             counts = [int(s["count"]) for s in shards.shards]
         self.steps = steps_per_epoch(counts, batch_size, world, workers)
@@ -261,28 +320,52 @@ class StreamLoader:
                 f"{shards.directory}: streaming {len(shards)} images in {len(counts)} shards/blocks to {world} "
                 f"process(es) x {max(1, workers)} worker(s) gives some worker less than one batch of {batch_size}; "
                 f"lower --batch-size or --workers, or use --data memory")
+        self._loader = self._next_epoch = self._pending = None
 
     def __len__(self) -> int:
         return self.steps
 
-    def dataset(self, epoch: int):
+    def _make(self):
+        """A picklable callable: epoch -> that epoch's dataset."""
         if self.shards.format == "hdf5":
-            return H5Blocks(str(self.shards.paths[0]), len(self.shards), self.batch_size, self.seed, epoch,
-                            self.H5_BLOCK)
-        return webdataset_pipeline(self.shards.urls, self.batch_size, self.seed, epoch, self.buffer)
+            return functools.partial(H5Blocks, str(self.shards.paths[0]), len(self.shards), self.batch_size,
+                                     self.seed, block=self.block, rank=self.rank, world=self.world)
+        return functools.partial(webdataset_pipeline, self.shards.urls, self.batch_size, self.seed,
+                                 buffer=self.buffer, rank=self.rank, world=self.world)
+
+    def dataset(self, epoch: int):
+        """The dataset of one epoch (what each worker iterates)."""
+        return self._make()(epoch=epoch)
+
+    def _start(self, epoch: int) -> None:
+        self.close()
+        self._loader = torch.utils.data.DataLoader(
+            Epochs(self._make(), epoch), batch_size=None, num_workers=self.workers,
+            pin_memory=self.device.type == "cuda", prefetch_factor=4 if self.workers else None,
+            persistent_workers=self.workers > 0, multiprocessing_context=self.start_method if self.workers else None)
+
+    def _iter(self, epoch: int):
+        if self._loader is None or epoch != self._next_epoch:
+            self._start(epoch)
+        it = iter(self._loader)  # every worker now iterates `epoch`
+        self._next_epoch = epoch + 1
+        return it
+
+    def prefetch(self, epoch: int) -> None:
+        """Start the workers on ``epoch`` now (while the model warms up, say); ``epoch(epoch)``
+        then continues from the batches they have made."""
+        self._pending = (epoch, self._iter(epoch))
 
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        loader = torch.utils.data.DataLoader(
-            self.dataset(epoch), batch_size=None, num_workers=self.workers,
-            pin_memory=self.device.type == "cuda", prefetch_factor=4 if self.workers else None,
-            persistent_workers=False)
-        it = iter(loader)
-        try:
-            for _ in range(self.steps):
-                x, y = next(it)
-                yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-        finally:
-            del it
+        pending, self._pending = self._pending, None
+        it = pending[1] if pending is not None and pending[0] == epoch else self._iter(epoch)
+        for _ in range(self.steps):
+            x, y = next(it)
+            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+    def close(self) -> None:
+        """Stop the workers (they also stop when the loader is garbage collected)."""
+        self._loader = self._next_epoch = self._pending = None  # a freed DataLoader stops its workers
 
 
 def head_images(shards: ShardSet, limit: int = 50000) -> torch.Tensor:

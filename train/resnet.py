@@ -5,24 +5,24 @@ Profiles (every field can be overridden on the command line; see ``docs/train.md
 - ``paper``: the paper's schedule. SGD momentum 0.9, batch 128, lr 0.1 divided by 5 at epochs
   60, 120 and 160, 200 epochs, weight decay 5e-4, float32. Meant for the 8x expanded shards
   written by ``ppdata augment`` (no on-device augmentation).
-- ``fast``: minutes on one H100-class GPU. Batch 512, one-cycle (linear warm-up over the first
-  20% of steps to lr 0.4, then linear decay to 0), Nesterov momentum 0.9, weight decay 5e-4,
-  label smoothing 0.1, bf16 autocast, channels_last, 40 epochs of on-device random flip +
-  shift (up to 4 px, zero fill) of the un-expanded shards: 2M training images seen.
+- ``fast``: the fast recipe, ``train/fast.py`` (one file, one device, data resident on it):
+  batch 512, one-cycle to lr 0.4 (20% warm-up, linear decay to 0), Nesterov momentum 0.9,
+  weight decay 5e-4 except on BatchNorm and biases, label smoothing 0.1, 40 epochs of on-device
+  flip + shift (reflect fill), fold input for NP/NP+CS shards, EMA weights evaluated with flip
+  test-time augmentation; bf16, NHWC and the fused SGD step on CUDA.
 - ``smoke``: one short epoch to check that everything runs (CPU, embedded sample).
 """
 import click
 
+from . import fast
 from .cli import make_command
 
 PROFILES = {
     "paper": dict(epochs=200, batch_size=128, lr=0.1, momentum=0.9, nesterov=False, weight_decay=5e-4,
-                  schedule="step", milestones=[60, 120, 160], gamma=0.2, amp="off", channels_last=True),
-    "fast": dict(epochs=40, batch_size=512, lr=0.4, momentum=0.9, nesterov=True, weight_decay=5e-4,
-                 schedule="onecycle", warmup=0.2, label_smoothing=0.1, amp="bf16", channels_last=True,
-                 flip=True, shift=4, eval_every=5, checkpoint_every=10),
+                  schedule="step", milestones=[60, 120, 160], gamma=0.2, amp="off", channels_last=None),
+    "fast": dict(fast.PROFILE),  # train/fast.py: the whole recipe in one file
     "smoke": dict(epochs=1, batch_size=64, lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4,
-                  schedule="onecycle", warmup=0.3, label_smoothing=0.1, amp="bf16", channels_last=True,
+                  schedule="onecycle", warmup=0.3, label_smoothing=0.1, amp="auto", channels_last=None,
                   flip=True, shift=4, workers=0),
 }
 
@@ -32,8 +32,9 @@ each --eval folder (e.g. plain shards: plain Q). Writes log.csv, metrics.json, c
 \b
 Profiles (options override single settings):
   paper  SGD momentum 0.9, batch 128, lr 0.1 /5 at epochs 60, 120, 160; 200 epochs; wd 5e-4; float32
-  fast   batch 512, one-cycle to lr 0.4, Nesterov, wd 5e-4, label smoothing 0.1, bf16 + channels_last
-         (CUDA), 40 epochs of on-device flip + shift
+  fast   the fast recipe (train/fast.py): batch 512, one-cycle to lr 0.4, Nesterov, label smoothing
+         0.1, no weight decay on BatchNorm, 40 epochs of on-device flip + shift, fold input for
+         NP/NP+CS, EMA weights, flip TTA; bf16 + fused SGD on CUDA; one device
   smoke  one short epoch, to check that everything runs
 
 \b
