@@ -20,16 +20,16 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # The main job on the embedded sample, offline: client encrypts (keys kept outside the upload),
-# server expands 8x without a key and trains a (narrow, one-epoch) ResNet-18, evaluated on Enc(Q)
-# and plain Q; the client audits how much of its images leaks.
+# server adds the paper's x8 expansion (trainx8) without a key and trains a (narrow, one-epoch)
+# ResNet-18 on it, evaluated on Enc(Q) and plain Q; the client audits how much of its images leaks.
 demo: setup
 	rm -rf $(DEMO) && mkdir -p $(DEMO)
 	$(PPDATA) encrypt sample --cs --out $(DEMO)/shards --keep-keys $(DEMO)/keys.json
 	$(PPDATA) encrypt sample --plain --out $(DEMO)/plain
 	$(PPDATA) preview $(DEMO)/shards --plain sample -o $(DEMO)/preview.png
-	$(PPDATA) augment $(DEMO)/shards --out $(DEMO)/shards-x8
-	$(PPDATA) info $(DEMO)/shards-x8 --verify
-	OMP_NUM_THREADS=1 $(PY) -m train.resnet $(DEMO)/shards-x8 --profile smoke --width 16 \
+	$(PPDATA) augment $(DEMO)/shards
+	$(PPDATA) info $(DEMO)/shards --verify
+	OMP_NUM_THREADS=1 $(PY) -m train.resnet $(DEMO)/shards --profile smoke --no-augment --width 16 \
 		--eval plain=$(DEMO)/plain --out $(DEMO)/run
 	$(PPDATA) audit $(DEMO)/shards --plain sample --out $(DEMO)/audit
 	@echo "demo done: see $(DEMO)/ (preview.png, run/metrics.json, audit/report.md)"

@@ -382,3 +382,29 @@ def test_narrow_strided_1x1_turns_onednn_off_only_when_needed():
         assert not torch.backends.mkldnn.enabled
     finally:
         torch.backends.mkldnn.enabled = before
+
+
+def test_the_promised_chain_trains_on_the_in_place_expansion(tmp_path, monkeypatch):
+    """encrypt -> `ppdata augment shards/` -> `python -m train.resnet shards/`: the paper's profile
+    (no on-device augmentation) trains on trainx8, the 8x expansion augment added to the folder."""
+    from ppdata.cli import cli
+    from train.resnet import main as resnet
+
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner()
+    assert r.invoke(cli, ["-q", "encrypt", "sample", "--keys", "independent", "--cs"]).exit_code == 0
+    assert r.invoke(cli, ["-q", "augment", "shards/"]).exit_code == 0
+    res = r.invoke(resnet, ["shards/", "--profile", "paper", "--epochs", "1", "--width", "4", "--batch-size", "64",
+                            "--device", "cpu", "--out", "run", "-q"])
+    assert res.exit_code == 0, res.output
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert m["train"]["split"] == "trainx8" and m["train"]["count"] == 4000
+    assert not m["config"]["flip"] and m["eval"]["test"]["final_acc"] >= 0
+    # with on-device flip/shift (the smoke and fast profiles) the unexpanded split is the input
+    res = r.invoke(resnet, ["shards/", "--profile", "smoke", "--width", "4", "--device", "cpu", "--out", "s", "-q"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "s" / "metrics.json").read_text())["train"]["split"] == "train"
+    # two expansions: the user chooses
+    assert r.invoke(cli, ["-q", "augment", "shards/", "--shift", "0"]).exit_code == 0
+    res = r.invoke(resnet, ["shards/", "--epochs", "1", "--width", "4", "--device", "cpu", "--out", "t", "-q"])
+    assert res.exit_code == 1 and "--train-split" in res.output

@@ -22,7 +22,7 @@ from .loop import AMPS, INPUT_MODES, SCHEDULES, SGDS, Config, run, under_torchru
 from .preprocess import NORMS
 
 # CLI option -> Config field (None values are "not given": the profile's value stays)
-_OVERRIDES = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "schedule", "warmup",
+_OVERRIDES = ("train_split", "epochs", "batch_size", "lr", "momentum", "weight_decay", "schedule", "warmup",
               "label_smoothing", "shift", "fill", "input", "norm", "amp", "channels_last", "compile",
               "data", "workers", "seed", "eval_every", "checkpoint_every", "nesterov", "adapt", "sgd", "ema",
               "tta")
@@ -41,6 +41,9 @@ def make_command(model: str, profiles: dict[str, dict], model_options: dict[str,
                   help="Run folder (log.csv, metrics.json, checkpoint.pt). Default runs/<model>-<profile>-<time>.")
     @click.option("--eval", "eval_dirs", multiple=True, metavar="[NAME=]DIR",
                   help="Also evaluate on the test split of DIR (e.g. plain shards for plain Q). Repeatable.")
+    @click.option("--train-split", metavar="SPLIT",
+                  help="Split to train on. Default: the expansion of train that `ppdata augment SHARDS` added "
+                       "(e.g. trainx8) when this profile does no flip/shift on the device, else train.")
     @click.option("--epochs", type=click.IntRange(min=1))
     @click.option("--batch-size", type=click.IntRange(min=1), help="Per process.")
     @click.option("--lr", type=float, help="Initial lr (step) or peak lr (onecycle).")

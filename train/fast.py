@@ -80,6 +80,7 @@ def run(cfg: L.Config, shards_dir, out, eval_dirs=(), device: str = "auto", resu
     dev, kern, say, out = proc.device, L.Kernels.of(cfg, proc.device), L.say_fn(quiet, proc), Path(out)
 
     # 1. data: every split on the device, once ------------------------------------------------
+    cfg.train_split = L.train_split_of(cfg, shards_dir, say)
     train = open_shards(shards_dir, cfg.train_split)
     if not train.classes:
         raise PpdataError(f"{shards_dir}: the manifest lists no classes")

@@ -44,7 +44,7 @@ from tqdm import tqdm
 from ppdata.errors import PpdataError
 from ppdata.fileio import atomic_json, atomic_write
 from ppdata.machine import cpu_name
-from ppdata.shards import ShardSet, open_shards
+from ppdata.shards import ShardSet, expansions_of, open_shards, read_manifest
 
 from . import adapt as A
 from . import data as D
@@ -109,7 +109,7 @@ class Config:
     eval_every: int = 1
     eval_batch_size: int = 1024
     checkpoint_every: int = 1
-    train_split: str = "train"
+    train_split: str = "auto"  # auto: the in-place expansion of train (ppdata augment) unless flip/shift run on the device
     test_split: str = "test"
 
     # fields that may differ between a run and its resumption (speed and bookkeeping, not the maths)
@@ -574,6 +574,24 @@ def describe_device(proc: Proc) -> str:
     return f"cpu ({cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
 
 
+def train_split_of(cfg: Config, shards_dir, say=lambda m: None) -> str:
+    """The split to train on: ``cfg.train_split``, or for ``auto``: ``train``'s one in-place
+    expansion (``ppdata augment DIR`` adds e.g. ``trainx8``) when the run does no flip/shift of its
+    own on the device, else ``train``. Several expansions need ``--train-split``."""
+    if cfg.train_split != "auto":
+        return cfg.train_split
+    if cfg.flip or cfg.shift:
+        return "train"
+    found = expansions_of(read_manifest(shards_dir), "train")
+    if len(found) > 1:
+        raise PpdataError(f"{shards_dir} holds several expansions of train ({', '.join(found)}); choose one with "
+                          f"--train-split")
+    if found:
+        say(f"training on split {found[0]}, the expansion of train that ppdata augment added to {shards_dir}")
+        return found[0]
+    return "train"
+
+
 def _expansion_next_to(folder: Path) -> Path | None:
     """A sibling folder that ``ppdata augment`` made from ``folder`` (its default name), if any."""
 
@@ -610,11 +628,12 @@ def run(cfg: Config, shards_dir: str | os.PathLike, out: str | os.PathLike, eval
     out = Path(out)
     say = say_fn(quiet, proc)
 
+    cfg.train_split = train_split_of(cfg, shards_dir, say)
     train = open_shards(shards_dir, cfg.train_split)
     if not train.classes:
         raise PpdataError(f"{shards_dir}: the manifest lists no classes")
     resolve(cfg, train, str(shards_dir))
-    if not train.manifest.get("augment") and not (cfg.flip or cfg.shift):
+    if not train.augment and not (cfg.flip or cfg.shift):
         hint = _expansion_next_to(Path(shards_dir))
         say(f"note: {shards_dir} is not expanded and this profile does no on-device flip/shift"
             + (f"; {hint} holds an expansion of it (ppdata augment): train on that" if hint else
