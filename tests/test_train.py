@@ -408,3 +408,23 @@ def test_the_promised_chain_trains_on_the_in_place_expansion(tmp_path, monkeypat
     assert r.invoke(cli, ["-q", "augment", "shards/", "--shift", "0"]).exit_code == 0
     res = r.invoke(resnet, ["shards/", "--epochs", "1", "--width", "4", "--device", "cpu", "--out", "t", "-q"])
     assert res.exit_code == 1 and "--train-split" in res.output
+
+
+def test_training_reads_check_every_shard_in_both_data_modes(tmp_path):
+    """A byte changed inside an image of one shard: memory loading and streaming both fail naming it."""
+    from ppdata.cli import cli
+
+    d = tmp_path / "s"
+    assert CliRunner().invoke(cli, ["-q", "encrypt", "sample", "--split", "train", "--shard-size", "100",
+                                    "--out", str(d)]).exit_code == 0
+    shard = d / "train-000002.tar"
+    data = bytearray(shard.read_bytes())
+    data[5120 * 3 + 1000] ^= 0xFF  # pixel bytes: only the hash sees it
+    shard.write_bytes(bytes(data))
+    shards = open_shards(d, "train")
+    with pytest.raises(Exception, match="train-000002.tar"):
+        D.load_split(shards)
+    loader = D.StreamLoader(shards, 50, torch.device("cpu"), seed=1, workers=0, buffer=8)
+    with pytest.raises(Exception, match="train-000002.tar"):
+        for _ in loader.epoch(0):
+            pass

@@ -307,14 +307,14 @@ def test_clock_times_cpu_work():
 
 def test_stream_workers_persist_across_epochs(folders, tmp_path, monkeypatch):
     log = tmp_path / "pids"
-    real = D._decode
+    real = D.CheckedSamples.__call__
 
-    def decode(sample):
+    def read(self, src):
         with open(log, "a") as f:
             f.write(f"{os.getpid()}\n")
-        return real(sample)
+        yield from real(self, src)
 
-    monkeypatch.setattr(D, "_decode", decode)  # forked workers inherit the patch
+    monkeypatch.setattr(D.CheckedSamples, "__call__", read)  # forked workers inherit the patch
     before = multiprocessing.get_start_method()
     multiprocessing.set_start_method("fork", force=True)
     try:
