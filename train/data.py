@@ -34,6 +34,7 @@ import torch
 
 from ppdata.errors import PpdataError
 from ppdata.shards import ShardSet
+from ppdata.shards.hdf5 import H5Split
 
 DATA_MODES = ("auto", "memory", "stream")
 
@@ -261,23 +262,23 @@ class H5Blocks(torch.utils.data.IterableDataset):
     """HDF5 split read in contiguous, chunk-aligned blocks, dealt to processes and workers like shards."""
 
     def __init__(self, path: str, n: int, batch_size: int, seed: int, epoch: int, block: int, group: int = 4,
-                 rank: int = 0, world: int = 1):
+                 rank: int = 0, world: int = 1, shape=None):
         super().__init__()
         self.path, self.n, self.batch_size, self.seed, self.epoch = path, n, batch_size, seed, epoch
+        self.shape = shape
         self.block, self.group, self.rank, self.world = block, group, rank, world
 
     def blocks(self) -> list[tuple[int, int]]:
         return h5_blocks(self.n, self.block)
 
     def __iter__(self):
-        import h5py
-
         worker, workers = _worker()
         mine = self.blocks()[self.rank :: self.world][worker::workers]
         rng = _rng(self.seed, self.epoch, self.rank)
         rng.shuffle(mine)
         nprng = np.random.default_rng(rng.getrandbits(63))
-        with h5py.File(self.path, "r") as f:
+        with H5Split(Path(self.path), self.shape, self.n) as h5:  # datasets, dtypes, shapes, count checked
+            f = h5.f
             ims, labs = f["images"], f["labels"]
             carry_x = np.empty((0, *ims.shape[1:]), np.uint8)
             carry_y = np.empty((0,), np.int64)
@@ -345,7 +346,8 @@ class StreamLoader:
         """A picklable callable: epoch -> that epoch's dataset."""
         if self.shards.format == "hdf5":
             return functools.partial(H5Blocks, str(self.shards.paths[0]), len(self.shards), self.batch_size,
-                                     self.seed, block=self.block, rank=self.rank, world=self.world)
+                                     self.seed, block=self.block, rank=self.rank, world=self.world,
+                                     shape=self.shards.shape)
         infos = {url: dict(info) for url, info in zip(self.shards.urls, self.shards.shards)}
         return functools.partial(webdataset_pipeline, infos, self.shards.shape, len(self.shards.classes) or None,
                                  self.batch_size, self.seed, buffer=self.buffer, rank=self.rank, world=self.world,
