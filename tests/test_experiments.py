@@ -77,10 +77,14 @@ def test_dry_run_commands_follow_the_framework(tmp_path):
     assert "--no-flip" in f11 and "--shift 0" in f11
     epochs = {int(l.split("--epochs ")[1].split()[0]) for l in f11.splitlines() if "-m train.resnet" in l}
     assert epochs == {40, 10, 20, 5}                # the same number of images seen per condition
-    u = dry(["fig8b", "--data", "sample", "--with-unshifted"], tmp_path)
-    assert listed(u) == COMPARED and u.count("--shifts=0:0,4:4,4:-4,-4:4,-4:-4") == 15 and "--epochs 4" in u
-    assert "flipshift0" in u and "flipshift-" not in u
-    r = CliRunner().invoke(main, ["fig8a", "--data", "sample", "--with-unshifted", "--dry-run"])
+    default = dry(["fig8b", "--data", "sample"], tmp_path)  # the paper's set, by name in the command
+    assert default.count("--shifts paper") == 15 and "diagonal" not in default
+    u = dry(["fig8b", "--data", "sample", "--diagonal"], tmp_path)
+    assert listed(u) == COMPARED and u.count("--shifts diagonal") == 15 and "--epochs 5" in u
+    assert "flipshift-diagonal" in u
+    a = dry(["fig8a", "--data", "sample", "--diagonal"], tmp_path)  # the client's expansion too
+    assert "--augment flip,shift,diagonal" in a
+    r = CliRunner().invoke(main, ["fig11", "--data", "sample", "--diagonal", "--dry-run"])
     assert r.exit_code == 2 and "fig8b" in r.output
     paper = dry(["fig8b", "--profile", "paper", "--data", "sample"], tmp_path)
     assert "--profile paper" in paper and "--epochs" not in paper

@@ -60,15 +60,15 @@ Examples:
               help="Extra options appended to every training command (part of the cache key), e.g. '--width 16'.")
 @click.option("--format", "fmt", type=click.Choice(["hdf5", "webdataset"]), default="hdf5", show_default=True,
               help="Shard format of the prepared folders.")
-@click.option("--with-unshifted", is_flag=True,
-              help="fig8b/fig10/fig12: the server's expansion keeps the unshifted image (x10: flip x {0:0 and the "
-                   "four (+-4, +-4) shifts}) instead of the four diagonal shifts only.")
+@click.option("--diagonal", is_flag=True,
+              help="fig8a/fig8b/fig10/fig12: expand with the earlier reading's shifts (+-4, +-4), no unshifted "
+                   "copy, instead of the paper's set (the original and shifts by 4 right, down, diagonally).")
 @click.option("--report-only", is_flag=True, help="Write the reports from the finished runs; train nothing.")
-def main(name, profile, dry_run, data, root, subset, work, results, only, device, train_args, fmt, with_unshifted, report_only):
+def main(name, profile, dry_run, data, root, subset, work, results, only, device, train_args, fmt, diagonal, report_only):
     from . import report
 
     try:
-        fig = figure(name, with_unshifted)
+        fig = figure(name, diagonal)
     except ValueError as e:
         raise click.UsageError(str(e)) from None
     try:
