@@ -432,10 +432,11 @@ def augment(obj, directory, out, split, flip, shift, shifts, fill, seed, shard_s
 
 @cli.command()
 @click.argument("directory", type=click.Path(file_okay=False))
-@click.argument("plain_path", required=False)
+@click.argument("plain_path", nargs=-1)
 @click.option("--plain", "plain_source", required=True,
               type=click.Choice(["cifar10", "cifar100", "stl10", "folder", "sample"]),
-              help="The plain source the shards were made from (folder: give PLAIN_PATH).")
+              help="The plain source the shards were made from (folder: give PLAIN_PATH..., e.g. the train and "
+                   "test archives; a train split there is the attacker's own data for the trained parts).")
 @click.option("--out", "-o", default="report", show_default=True, type=click.Path(file_okay=False),
               help="Folder for report.md, metrics.json and grid.png.")
 @click.option("--split", help="Split to attack (default: test if present, else the first).")
@@ -460,9 +461,15 @@ def audit(obj, directory, plain_path, plain_source, out, split, limit, learned, 
       ppdata encrypt folder photos.tar.gz --split test --cs --out v/
       ppdata audit v/ --plain folder photos.tar.gz --out report/
     """
-    from .audit import audit as run
+    try:
+        from attack.audit import audit as run
+    except ModuleNotFoundError as e:
+        if (e.name or "").split(".")[0] not in ("attack", "torch", "torchvision", "skimage", "scipy", "matplotlib"):
+            raise
+        raise click.ClickException(f"ppdata audit needs the attack extra ({e.name} is missing): "
+                                   f"pip install 'ppdata[attack]'") from None
 
-    record = run(directory, plain_source, plain_path, out=out, split=split, limit=limit, root=root,
+    record = run(directory, plain_source, list(plain_path) or None, out=out, split=split, limit=limit, root=root,
                  learned=learned, epochs=epochs, overwrite=overwrite)
     best = max((k for k in record["attacks"] if k != "encrypted"),
                key=lambda k: record["attacks"][k]["summary"]["ssim"]["mean"])

@@ -25,10 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import PpdataError
-from .fileio import atomic_write
-from .shards import ShardSet, read_manifest
-from .sources import open_source, originals
+from ppdata.errors import PpdataError
+from ppdata.fileio import atomic_write
+from ppdata.shards import ShardSet, read_manifest
+from ppdata.sources import open_source, originals
 
 log = logging.getLogger("ppdata")
 
@@ -122,7 +122,7 @@ def audit(directory: str | os.PathLike, plain_source: str, plain_path: str | Non
 
 
 def _first(ss: ShardSet, limit: int):
-    from .shards import Samples
+    from ppdata.shards import Samples
 
     parts, have = [], 0
     for s in ss.batches(min(limit, 4096)):
