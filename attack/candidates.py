@@ -132,19 +132,22 @@ class BudgetConfig:
     log: list[dict] = field(default_factory=list)
 
 
-def fit(model: CandidateUNet, folds: np.ndarray, plain: np.ndarray, cfg: BudgetConfig,
-        device: torch.device | str = "cpu", progress=None) -> CandidateUNet:
-    """Train ``model`` on the attacker's folds and plain images ((N, H, W, 3) uint8 each) until
-    ``cfg.minutes`` of wall-clock time have passed. ``progress(step, seconds, loss)`` every 50
-    steps."""
+def fit_budget(model: nn.Module, inputs: np.ndarray, targets: np.ndarray, loss_fn, cfg: BudgetConfig,
+               device: torch.device | str = "cpu", multiple: int = 1, progress=None) -> nn.Module:
+    """Train ``model`` on ``inputs`` and ``targets`` ((N, H, W, 3) uint8 each, kept uint8 on the
+    device) until ``cfg.minutes`` of wall-clock time have passed: random crops (a multiple of
+    ``multiple``) and horizontal flips, ``loss_fn(model, input_float, target_uint8)`` on (B, 3,
+    crop, crop) tensors. ``progress(step, seconds, loss)`` every 50 steps."""
     device = torch.device(device)
     g = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     model.to(device).train()
-    Fd = torch.from_numpy(np.ascontiguousarray(folds)).to(device).permute(0, 3, 1, 2).contiguous()
-    Xd = torch.from_numpy(np.ascontiguousarray(plain)).to(device).permute(0, 3, 1, 2).contiguous()
+    if device.type == "cpu":
+        model.to(memory_format=torch.channels_last)  # faster convolutions on CPU
+    Fd = torch.from_numpy(np.ascontiguousarray(inputs)).to(device).permute(0, 3, 1, 2).contiguous()
+    Xd = torch.from_numpy(np.ascontiguousarray(targets)).to(device).permute(0, 3, 1, 2).contiguous()
     n, _, h, w = Fd.shape
-    crop = min(cfg.crop, h, w) // model.multiple * model.multiple
+    crop = max(multiple, min(cfg.crop, h, w) // multiple * multiple)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     budget = cfg.minutes * 60.0
     t0 = time.time()
@@ -164,7 +167,9 @@ def fit(model: CandidateUNet, folds: np.ndarray, plain: np.ndarray, cfg: BudgetC
         x = Xd[idx, :, i : i + crop, j : j + crop]
         if bool(torch.randint(0, 2, (1,), generator=g)):
             f, x = f.flip(-1), x.flip(-1)
-        loss = set_cross_entropy(model(f), right_candidates(f, x, model.cs))
+        if device.type == "cpu":
+            f = f.contiguous(memory_format=torch.channels_last)
+        loss = loss_fn(model, f, x)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -176,9 +181,20 @@ def fit(model: CandidateUNet, folds: np.ndarray, plain: np.ndarray, cfg: BudgetC
                             "lr": round(lr, 6)})
             if progress is not None:
                 progress(step, time.time() - t0, running)
-    cfg.log.append({"step": step, "seconds": round(time.time() - t0, 1), "loss": running, "images_seen": step * cfg.batch,
-                    "crop": crop})
+    cfg.log.append({"step": step, "seconds": round(time.time() - t0, 1), "loss": running,
+                    "images_seen": step * cfg.batch, "crop": crop})
     return model.eval()
+
+
+def _candidate_loss(model, f, x):
+    return set_cross_entropy(model(f), right_candidates(f, x, model.cs))
+
+
+def fit(model: CandidateUNet, folds: np.ndarray, plain: np.ndarray, cfg: BudgetConfig,
+        device: torch.device | str = "cpu", progress=None) -> CandidateUNet:
+    """Train the candidate classifier on the attacker's folds and plain images ((N, H, W, 3)
+    uint8 each) for ``cfg.minutes`` of wall-clock time (``fit_budget``)."""
+    return fit_budget(model, folds, plain, _candidate_loss, cfg, device, model.multiple, progress)
 
 
 @torch.no_grad()
@@ -191,6 +207,8 @@ def predict(model: CandidateUNet, folds: np.ndarray, device: torch.device | str 
     m = model.multiple
     for a in range(0, len(folds), batch):
         f = torch.from_numpy(np.ascontiguousarray(folds[a : a + batch])).to(device).permute(0, 3, 1, 2).float()
+        if torch.device(device).type == "cpu":
+            f = f.contiguous(memory_format=torch.channels_last)
         h, w = f.shape[2:]
         ph, pw = (-h) % m, (-w) % m
         fp = F.pad(f, (0, pw, 0, ph), mode="reflect") if (ph or pw) else f

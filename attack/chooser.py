@@ -11,7 +11,7 @@ Features of a candidate (``features``): its mean per channel on a 4x4 grid of re
 ground, foliage sit and what colour they are), the standard deviation of every channel and the
 correlation of every pair of channels (a negated channel correlates negatively with the others).
 They are linear or quadratic in the base image, so the features of all 8 or 48 transforms come
-from one set of per-image statistics. The model: an MLP (features -> 64 -> 64 -> 1) whose scores
+from one set of per-image statistics. The model: an MLP (features -> 32 -> 32 -> 1) whose scores
 are soft-maxed over the candidates of an image and trained with cross-entropy on the attacker's
 images: the candidates are the transforms of the *same* reconstruction of the attacker's own
 images (e.g. their fold), the label the candidate closest to the attacker's own original
@@ -61,7 +61,7 @@ def features(rec: np.ndarray, ts) -> np.ndarray:
 class Chooser(nn.Module):
     """Scores candidates: (N, T, F) features -> (N, T) logits."""
 
-    def __init__(self, n_features: int, hidden: int = 64):
+    def __init__(self, n_features: int, hidden: int = 32):
         super().__init__()
         self.net = nn.Sequential(nn.Linear(n_features, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
                                  nn.Linear(hidden, 1))
@@ -70,21 +70,72 @@ class Chooser(nn.Module):
         return self.net(f).squeeze(-1)
 
 
-def fit(feats: np.ndarray, labels: np.ndarray, steps: int = 600, lr: float = 3e-3, seed: int = 0) -> Chooser:
-    """Train a ``Chooser`` on features (N, T, F) with the index (N,) of the right candidate."""
+def fit(feats: np.ndarray, quality: np.ndarray, steps: int = 300, lr: float = 3e-3, seed: int = 0) -> Chooser:
+    """Train a ``Chooser`` on features (N, T, F) of the attacker's own candidates and their
+    quality (N, T) (luminance SSIM to the attacker's own originals): it maximises the expected
+    quality of its pick, ``sum_t softmax(scores)_t quality_t``."""
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     model = Chooser(feats.shape[-1])
-    X, y = torch.from_numpy(feats), torch.from_numpy(np.asarray(labels, np.int64))
+    X, Q = torch.from_numpy(feats), torch.from_numpy(np.asarray(quality, np.float32))
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=1e-4)
-    batch = min(256, len(X))
+    batch = min(max(16, 6144 // X.shape[1]), len(X))  # about 6,000 candidates a step
     for _ in range(steps):
         idx = torch.randint(0, len(X), (batch,), generator=g)
-        loss = nn.functional.cross_entropy(model(X[idx]), y[idx])
+        loss = -(torch.softmax(model(X[idx]), dim=1) * Q[idx]).sum(dim=1).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
     return model.eval()
+
+
+class Picker:
+    """The attacker's rule for one kind of reconstruction: a ``Chooser``, or one fixed transform
+    where the model did not beat it on the attacker's held-out images. ``pick(feats)`` -> (N,)."""
+
+    def __init__(self, model: Chooser | None, constant: int, report: dict):
+        self.model, self.constant, self.report = model, int(constant), report
+
+    def pick(self, feats: np.ndarray) -> np.ndarray:
+        if self.model is None:
+            return np.full(len(feats), self.constant, np.int64)
+        return choose(self.model, feats)
+
+    def pick_common(self, feats: np.ndarray) -> int:
+        """One transform for all images (reconstructions sharing one frame, e.g. from one key
+        estimate): the highest summed log-probability over the images."""
+        if self.model is None:
+            return self.constant
+        with torch.no_grad():
+            return int(torch.log_softmax(self.model(torch.from_numpy(feats)), dim=1).sum(dim=0).argmax())
+
+
+def train(feats: np.ndarray, quality: np.ndarray, holdout: float = 0.2, seed: int = 0,
+          fixed: bool = True) -> Picker:
+    """A ``Picker`` from the attacker's own candidates: fit on the first 80% of them, and keep the
+    model only if its picks beat the best fixed transform (chosen on the same 80%) on the other 20%
+    (by more than 0.005 SSIM; a check the attacker can make, holding its own originals; with fewer than
+    100 images the fixed transform is used). ``fixed=False``: no fixed
+    transform (for reconstructions whose frame is arbitrary, a fixed transform means nothing)."""
+    n = len(feats)
+    cut = max(1, min(n - 1, int(round(n * (1 - holdout))))) if n > 1 else n
+    const = int(quality[:cut].mean(axis=0).argmax())
+    if n < (10 if not fixed else 100):
+        if fixed:
+            return Picker(None, const, {"images": n, "rule": "fixed transform (fewer than 100 images: too few to "
+                                                            "check a model)"})
+        cut = n
+    model = fit(feats[:cut], quality[:cut], seed=seed)
+    if cut == n:
+        return Picker(model, const, {"images": n, "rule": "model (no held-out check: too few images)"})
+    rows = np.arange(cut, n)
+    v_model = float(quality[rows, choose(model, feats[cut:])].mean())
+    v_const = float(quality[cut:, const].mean())
+    keep = v_model > v_const + 0.005 or not fixed
+    report = {"images": n, "holdout": n - cut, "holdout_ssim_model": round(v_model, 4),
+              "holdout_ssim_fixed": round(v_const, 4), "fixed_transform": const,
+              "rule": "model" if keep else "fixed transform (the model did not beat it on held-out images)"}
+    return Picker(model if keep else None, const, report)
 
 
 @torch.no_grad()

@@ -209,8 +209,9 @@ def score(ref: np.ndarray, families: dict, chunk: int = 8) -> dict:
 
     ``families``: name -> ``(rec, ts, picks)``: ``rec`` (N, H, W, 3) uint8, ``ts`` a list of
     transforms (``transforms(cs)`` or ``identity()``), ``picks``: label -> ``"oracle"`` (per
-    image the transform of highest luminance SSIM: an upper bound, it needs the original) or an
-    (N,) array of indices into ``ts`` (an attacker's own choice; zeros: ``rec`` as it is).
+    image the transform of highest luminance SSIM: an upper bound, it needs the original), an
+    (N,) array of indices into ``ts`` (zeros: ``rec`` as it is) or a callable ``f(rec_chunk) ->
+    indices`` (an attacker's own choice, made without the original).
     Returns name -> ``{"every": (N, T) luminance SSIM of every transform (float32 arithmetic),
     "picks": {label: {"ssim", "ssim_colour", "psnr", "choice"}}}``: per image the float64
     metrics of ``attack.metrics`` for the chosen transform (equal to scoring
@@ -236,7 +237,12 @@ def score(ref: np.ndarray, families: dict, chunk: int = 8) -> dict:
             every = out[name]["every"]
             every[sl] = m.ssim_all(U, K) if len(ts) > 1 else 0.0
             for label, pick in picks.items():
-                k = every[sl].argmax(axis=1) if isinstance(pick, str) else np.asarray(pick)[sl]
+                if isinstance(pick, str):
+                    k = every[sl].argmax(axis=1)
+                elif callable(pick):
+                    k = np.asarray(pick(rec[sl]), np.int64)
+                else:
+                    k = np.asarray(pick)[sl]
                 o = out[name]["picks"][label]
                 o["choice"][sl] = k
                 o["ssim"][sl] = m.ssim(U[k], K[k])
