@@ -240,7 +240,7 @@ def _learned(rows, scheme, key_mode, samples, plain, src, split, epochs, budget,
             width = cand.default_width(dev)
             hold = max(1, len(T) // 10)
             net = cand.CandidateUNet(cs, width)
-            cfg = cand.BudgetConfig(minutes=budget, seed=seed)
+            cfg = cand.budget_config(dev, budget, seed)
             cand.fit(net, fold(E[hold:], cs), T[hold:], cfg, dev)
             mode = _pick_mode(net, fold(E[:hold], cs), T[:hold], dev)
             rec = cand.predict(net, fold(V, cs), dev, mode=mode)
@@ -250,7 +250,7 @@ def _learned(rows, scheme, key_mode, samples, plain, src, split, epochs, budget,
             note = f"{budget:g} minutes on {where} (width {width}, {cfg.log[-1]['step']} steps), output {mode}"
         else:  # unet: regression from the encrypted image
             net = UNet(cand.default_width(dev), head="direct")
-            cfg = cand.BudgetConfig(minutes=budget, seed=seed)
+            cfg = cand.budget_config(dev, budget, seed)
             cand.fit_budget(net, E, T, _direct_loss, cfg, dev, multiple=4)
             rec = predict(net, V, dev)
             info[name] = {"minutes": budget, "train_log": cfg.log}
