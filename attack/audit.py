@@ -14,7 +14,8 @@ aligns every reconstruction with its plain original by sample key, and writes to
 - ``grid.png``: originals, encrypted images and each attack's reconstructions.
 
 The attacker's own images: the plain source's train split when the audited split is another one
-(``attacker_images`` of them train the choosers, ``train_limit`` the learned attacks); without
+(``attacker_images`` of them, spread over the split, train the choosers; ``train_limit`` the
+learned attacks); without
 one, the audited images stand in (choosers cross-fitted on halves; learned attacks trained on the
 first half, attacking the second). The data owner runs it on the client, before uploading: it
 needs the plain images, never a key.
@@ -114,13 +115,13 @@ def audit(directory: str | os.PathLike, plain_source: str, plain_path=None, *,
         raise PpdataError("images smaller than 11x11 pixels cannot be scored with SSIM")
     own, own_where = None, "none: choosers cross-fitted on the two halves of the audited images"
     if "train" in src.splits() and split != "train":
-        from .data import read_split
+        from .data import read_spread
 
-        own, _ = read_split(src, "train", attacker_images)
+        own, _ = read_spread(src, "train", attacker_images)
         if own.shape[1:] != plain.shape[1:]:
             raise PpdataError(f"the plain source's train split holds {own.shape[1:]} images, the audited ones are "
                               f"{plain.shape[1:]}")
-        own_where = f"the first {len(own)} images of the plain source's train split"
+        own_where = f"{len(own)} images spread over the plain source's train split"
 
     ctx = suite.Context(scheme, key_mode, own=own, known=known, jigsaw_images=jigsaw_images, seed=seed)
     rows = suite.run(samples.images, plain, ctx, workers=workers, grid=grid_images + known,
@@ -199,7 +200,7 @@ def _learned(rows, scheme, key_mode, samples, plain, src, split, epochs, budget,
 
     from . import candidates as cand
     from . import suite
-    from .data import read_split
+    from .data import read_spread
     from .learn import COANet, TrainConfig, UNet, fit, pick_device, predict
 
     dev = pick_device(device)
@@ -208,7 +209,7 @@ def _learned(rows, scheme, key_mode, samples, plain, src, split, epochs, budget,
     budget = 5.0 if budget is None else float(budget)
     h, w = plain.shape[1:3]
     if "train" in src.splits() and split != "train":
-        T, T_index = read_split(src, "train", train_limit)
+        T, T_index = read_spread(src, "train", train_limit)
         where_rows = np.arange(len(samples))
         where = f"{len(T)} images of the plain source's train split"
     else:
@@ -238,11 +239,12 @@ def _learned(rows, scheme, key_mode, samples, plain, src, split, epochs, budget,
         elif name == "candidates":
             cs = bool(getattr(scheme, "cs", False))
             width = cand.default_width(dev)
-            hold = max(1, len(T) // 10)
+            held = np.arange(len(T)) % 10 == 9  # every 10th image: the output rule is chosen on them
             net = cand.CandidateUNet(cs, width)
             cfg = cand.budget_config(dev, budget, seed)
-            cand.fit(net, fold(E[hold:], cs), T[hold:], cfg, dev)
-            mode = _pick_mode(net, fold(E[:hold], cs), T[:hold], dev)
+            cand.fit(net, fold(E[~held], cs), T[~held], cfg, dev)
+            mode = _pick_mode(net, fold(E[held], cs), T[held], dev)
+            hold = int(held.sum())
             rec = cand.predict(net, fold(V, cs), dev, mode=mode)
             info[name] = {"minutes": budget, "width": width, "levels": net.levels, "output": mode,
                           "output_rule": "argmax or mean, whichever scored higher on the attacker's held-out "

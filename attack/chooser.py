@@ -112,12 +112,14 @@ class Picker:
 
 def train(feats: np.ndarray, quality: np.ndarray, holdout: float = 0.2, seed: int = 0,
           fixed: bool = True) -> Picker:
-    """A ``Picker`` from the attacker's own candidates: fit on the first 80% of them, and keep the
+    """A ``Picker`` from the attacker's own candidates: fit on a random 80% of them, and keep the
     model only if its picks beat the best fixed transform (chosen on the same 80%) on the other 20%
     (by more than 0.005 SSIM; a check the attacker can make, holding its own originals; with fewer than
     100 images the fixed transform is used). ``fixed=False``: no fixed
     transform (for reconstructions whose frame is arbitrary, a fixed transform means nothing)."""
     n = len(feats)
+    order = np.random.default_rng(seed).permutation(n)  # images often come ordered by class
+    feats, quality = feats[order], quality[order]
     cut = max(1, min(n - 1, int(round(n * (1 - holdout))))) if n > 1 else n
     const = int(quality[:cut].mean(axis=0).argmax())
     if n < (10 if not fixed else 100):
