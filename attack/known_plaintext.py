@@ -161,7 +161,8 @@ def tile_key(key, n: int):
         t = lambda a: None if a is None else np.ascontiguousarray(np.broadcast_to(a, (n,) + a.shape[1:]))  # noqa: E731
         return EtcKey(t(key.perm), t(key.geometry), t(key.negate), t(key.cs_code))
     if isinstance(key, LeKey):
-        return LeKey(np.broadcast_to(key.perm, (n, key.perm.shape[1])), np.broadcast_to(key.flip, (n, key.flip.shape[1])))
+        return LeKey(np.broadcast_to(key.perm, (n, key.perm.shape[1])),
+                     np.broadcast_to(key.flip, (n, key.flip.shape[1])))
     if isinstance(key, ChaosKey):
         return ChaosKey(np.broadcast_to(key.x0, (n,)), np.broadcast_to(key.r, (n,)),
                         np.broadcast_to(key.keystream, (n, key.keystream.shape[1])))

@@ -479,7 +479,8 @@ def score(name: str, plain: np.ndarray, rec: np.ndarray, seconds: float, note: s
             "note": note}
 
 
-def grid_rows(plain: np.ndarray, encrypted: np.ndarray, results: dict[str, dict], n: int = 8) -> tuple[np.ndarray, list[str]]:
+def grid_rows(plain: np.ndarray, encrypted: np.ndarray, results: dict[str, dict],
+              n: int = 8) -> tuple[np.ndarray, list[str]]:
     """Images for a figure like the paper's Fig. 13: rows original, encrypted, then each attack's
     reconstruction (first ``n`` images). Returns (images (rows*n, H, W, 3), row labels)."""
     rows, labels = [plain[:n], encrypted[:n]], ["original", "encrypted"]

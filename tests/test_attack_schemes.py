@@ -34,13 +34,14 @@ def test_batched_metrics_equal_scikit_image_per_image(sample_images):
     from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
     x, y = sample_images[:6], fold(sample_images[:6], True)
-    lum = [structural_similarity(a, b, **metrics.SSIM_SETTINGS) for a, b in zip(metrics.luminance(x), metrics.luminance(y))]
+    lum = [structural_similarity(a, b, **metrics.SSIM_SETTINGS)
+           for a, b in zip(metrics.luminance(x), metrics.luminance(y))]
     col = [np.mean([structural_similarity(a[..., c].astype(float), b[..., c].astype(float), **metrics.SSIM_SETTINGS)
                     for c in range(3)]) for a, b in zip(x, y)]
     np.testing.assert_allclose(metrics.ssim(x, y), lum, rtol=0, atol=1e-12)
     np.testing.assert_allclose(metrics.ssim_colour(x, y), col, rtol=0, atol=1e-12)
-    np.testing.assert_allclose(metrics.psnr(x, y), [peak_signal_noise_ratio(a, b, data_range=255) for a, b in zip(x, y)],
-                               rtol=1e-12)
+    want = [peak_signal_noise_ratio(a, b, data_range=255) for a, b in zip(x, y)]
+    np.testing.assert_allclose(metrics.psnr(x, y), want, rtol=1e-12)
 
 
 @pytest.mark.parametrize("cs", [False, True])
