@@ -261,10 +261,13 @@ def _jigsaw(encrypted: np.ndarray, plain: np.ndarray, ctx: Context, grid: int, r
     gs = geometries(rec.shape[1:3])
     every = np.stack([variants.ssim_all(_geometry(rec, g), plain, True) for g in gs], axis=1)  # (n, G, 48)
     choice = {"oracle": every.reshape(n, -1).argmax(axis=1)}
+    chosen = None
     if common is not None:
-        choice["chosen"] = np.full(n, int(common), np.int64)
+        chosen = np.full(n, int(common), np.int64)
     elif "jigsaw" in ctx.pickers:
-        choice["chosen"] = ctx.pickers["jigsaw"].pick(_dihedral_features(rec, gs, ts))
+        chosen = ctx.pickers["jigsaw"].pick(_dihedral_features(rec, gs, ts))
+    if chosen is not None:
+        choice["chosen"] = _mirror_free(chosen, every, gs, len(ts), common is not None)
     rows = []
     for label, c in choice.items():
         g_idx, t_idx = np.divmod(c, len(ts))
@@ -273,9 +276,28 @@ def _jigsaw(encrypted: np.ndarray, plain: np.ndarray, ctx: Context, grid: int, r
         m = {k: res[k] for k in ("ssim", "ssim_colour", "psnr")}
         img = variants.apply(geo[:grid], np.stack([ts[i][0] for i in t_idx[:grid]]),
                              np.stack([ts[i][1] for i in t_idx[:grid]])) if grid else None
-        note = "" if n == len(encrypted) else f"first {n} images only (seconds per image)"
+        note = "" if n == len(encrypted) else f"the first {n} images of this part of the audited images (the " \
+                                               f"solver takes seconds per image)"
+        if label == "chosen":
+            note = "; ".join(x for x in (note, "the pick counted up to a left-right mirror (a mirrored scene shows "
+                                               "the same content; the mirror bit is taken from the original)") if x)
         rows.append(_summarise("jigsaw", label, m, np.arange(n), time.time() - t0, note, img))
     return rows
+
+
+def _mirror_free(chosen: np.ndarray, every: np.ndarray, gs: list[int], t: int, one: bool) -> np.ndarray:
+    """The attacker's pick, or its left-right mirror where that is closer to the original.
+
+    A scene and its mirror image show the same content, and no test of naturalness tells them
+    apart (scenes have no preferred side), so the jigsaw's chosen rows count a pick up to a mirror:
+    one bit per image (per data set when ``one``: a single pick for all) resolved with the
+    original. ``every`` (n, G, T): luminance SSIM per symmetry and transform."""
+    g_idx, t_idx = np.divmod(chosen, t)
+    mirror_g = np.array([gs.index(g ^ 4) for g in np.asarray(gs)[g_idx]])  # fliplr after symmetry g: g ^ 4
+    rows = np.arange(len(chosen))
+    a, b = every[rows, g_idx, t_idx], every[rows, mirror_g, t_idx]
+    use = np.full(len(chosen), b.mean() > a.mean()) if one else b > a
+    return np.where(use, mirror_g * t + t_idx, chosen)
 
 
 def _common(attack: str, encrypted: np.ndarray, plain: np.ndarray, ctx: Context, picker, feats_rows, grid: int,
@@ -431,6 +453,9 @@ def _train(attack, ctx, own):
 def _run_parts(free, encrypted, plain, ctx, workers, grid):
     n = len(encrypted)
     bounds = np.linspace(0, n, max(1, min(workers, n // 32)) + 1).astype(int)
+    parts = len(bounds) - 1
+    if "jigsaw" in free and parts > 1:  # the per-image jigsaw's limit, shared among the parts
+        ctx = Context(**{**ctx.__dict__, "jigsaw_images": -(-ctx.jigsaw_images // parts)})
     jobs = [(free, encrypted[a:b], plain[a:b], ctx, grid if a == 0 else 0) for a, b in zip(bounds, bounds[1:])]
     parts = parallel(run_part, jobs, workers)
     out = merge(parts, [int(a) for a in bounds[:-1]]) if len(parts) > 1 else parts[0]
