@@ -9,8 +9,8 @@ the key's structure back from those rows (``components``: (2d, nb) per image, as
 
 1. high nibbles: the d rows most correlated with the other rows (high nibbles carry the image;
    low nibbles are close to noise);
-2. reversal: the sign of each high row on their first principal component (one global sign is
-   left open: the image or its negative);
+2. reversal: the sign of each high row in the leading eigenvector of their correlations (one
+   global sign is left open: the image or its negative);
 3. position in the block: the high rows minus the block mean, correlated with the block means'
    horizontal and vertical gradients (a component on the right of the block is brighter where
    the right neighbour is), then an assignment of 3 rows to each of the M^2 positions
@@ -29,6 +29,7 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
+import torch
 from scipy.optimize import linear_sum_assignment
 
 from .known_plaintext import le_components
@@ -40,7 +41,7 @@ def _corr_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Correlation of every row of ``a`` (R, n) with ``b`` (n,)."""
     a = a - a.mean(axis=-1, keepdims=True)
     b = b - b.mean()
-    return (a @ b) / (np.sqrt((a * a).sum(axis=-1)) * np.sqrt((b * b).sum()) + 1e-9)
+    return (a * b).sum(axis=-1) / (np.sqrt((a * a).sum(axis=-1)) * np.sqrt((b * b).sum()) + 1e-9)
 
 
 def _gradients(means: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -64,8 +65,10 @@ def estimate_key(C: np.ndarray, grid: tuple[int, int], m: int) -> dict:
     Z /= np.sqrt((Z * Z).mean(axis=2, keepdims=True)) + 1e-9
     R = np.einsum("gjn,gkn->jk", Z, Z) / (g_ * nb)  # (2d, 2d), pooled over the images
     rows = np.sort(np.argsort(-np.abs(R).mean(axis=1), kind="stable")[:d])
-    _, _, vt = np.linalg.svd(R[np.ix_(rows, rows)])
-    sign = np.sign(vt[0])
+    # leading eigenvector (torch: respects its thread setting in worker processes, where numpy's
+    # LAPACK would start threads of its own)
+    _, vecs = torch.linalg.eigh(torch.from_numpy(np.ascontiguousarray(R[np.ix_(rows, rows)])))
+    sign = np.sign(vecs[:, -1].numpy())
     sign[sign == 0] = 1
     rev = sign < 0
     H = np.where(rev[None, :, None], 15 - X[:, rows], X[:, rows])  # (G, d, nb)

@@ -65,12 +65,13 @@ def gaussian(maps: np.ndarray) -> np.ndarray:
     return gaussian_filter(maps, sigma=sigma, truncate=3.5, mode="reflect")
 
 
-def ssim_from_moments(ux, uy, uxx, uyy, uxy) -> np.ndarray:
+def ssim_from_moments(ux, uy, uxx, uyy, uxy, crop: bool = True) -> np.ndarray:
     """Mean SSIM over the cropped map from Gaussian moments ``(..., H, W)`` (E[x], E[y], E[x^2],
-    E[y^2], E[xy]): scikit-image's formula, reduced over the last two axes."""
+    E[y^2], E[xy]): scikit-image's formula, reduced over the last two axes (``crop=False``: the
+    moments are already cropped to the SSIM support)."""
     vx, vy, vxy = uxx - ux * ux, uyy - uy * uy, uxy - ux * uy
     S = ((2 * ux * uy + C1) * (2 * vxy + C2)) / ((ux * ux + uy * uy + C1) * (vx + vy + C2))
-    return S[..., CROP:-CROP, CROP:-CROP].mean(axis=(-2, -1), dtype=np.float64)
+    return (S[..., CROP:-CROP, CROP:-CROP] if crop else S).mean(axis=(-2, -1), dtype=np.float64)
 
 
 def _planes_ssim(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -209,16 +209,20 @@ def _score_plain(name: str, ref: np.ndarray, rec: np.ndarray) -> dict:
 
 def run_part(attacks: list[str], encrypted: np.ndarray, plain: np.ndarray, ctx: Context, grid: int = 0) -> list[dict]:
     """Run ``attacks`` (from ``plan``, without ``known-plaintext``) on a part of the audited images
-    and score them. ``grid``: how many of the first images' reconstructions to keep."""
+    and score them. ``grid``: how many of the first images' reconstructions to keep. ``fold-raw``
+    is scored as the identity pick of the ``fold`` family when both run (one set of moments)."""
     rows_all = np.arange(len(encrypted))
     out = []
-    families, timing = {}, {}
+    families, timing, owner = {}, {}, {}
     for attack in attacks:
         if attack == "jigsaw":
             continue
         t0 = time.time()
+        if attack == "fold-raw" and "fold" in attacks:
+            owner[attack] = "fold"
+            continue
         rec = reconstruct(attack, encrypted, ctx)
-        if attack == "encrypted" or attack == "fold-raw":
+        if attack in ("encrypted", "fold-raw"):
             picks = {"as is": np.zeros(len(rec), np.int64)}
             ts = variants.identity()
         else:
@@ -227,6 +231,8 @@ def run_part(attacks: list[str], encrypted: np.ndarray, plain: np.ndarray, ctx: 
             if attack in ctx.pickers:
                 p = ctx.pickers[attack]
                 picks["chosen"] = lambda r, p=p, ts=ts: p.pick(chooser.features(r, ts))
+            if attack == "fold" and "fold-raw" in attacks:
+                picks = {"as is": np.zeros(len(rec), np.int64), **picks}
         families[attack] = (rec, ts, picks)
         timing[attack] = time.time() - t0
     t0 = time.time()
@@ -239,7 +245,10 @@ def run_part(attacks: list[str], encrypted: np.ndarray, plain: np.ndarray, ctx: 
             if grid:
                 k = res["choice"][:grid]
                 img = variants.apply(rec[:grid], np.stack([ts[i][0] for i in k]), np.stack([ts[i][1] for i in k]))
-            out.append(_summarise(attack, label, m, rows_all, timing[attack] + t_score, images=img))
+            name = "fold-raw" if (attack == "fold" and label == "as is") else attack
+            out.append(_summarise(name, label, m, rows_all, timing[attack] + t_score, images=img))
+    order = {a: i for i, a in enumerate(attacks)}
+    out.sort(key=lambda r: order.get(r["attack"], len(order)))  # the plan's order (fold-raw before fold)
     if "jigsaw" in attacks:
         out += _jigsaw(encrypted, plain, ctx, grid)
     return out

@@ -43,6 +43,12 @@ def apply(images: np.ndarray, perm, neg) -> np.ndarray:
     return np.where(neg[:, None, None, :], 255 - out, out).astype(np.uint8)
 
 
+def _luma(a: np.ndarray) -> np.ndarray:
+    """BT.601 luminance of channel-first float64 maps (3, ...): explicit weighted sums (no BLAS
+    call, which would start threads in every worker process)."""
+    return LUMA[0] * a[0] + LUMA[1] * a[1] + LUMA[2] * a[2]
+
+
 def weights(ts) -> tuple[np.ndarray, np.ndarray]:
     """Luminance of a transformed image as ``K[t] + sum_d U[t, d] x_d``: (U (T, 3), K (T,))."""
     U = np.zeros((len(ts), 3))
@@ -57,84 +63,118 @@ def weights(ts) -> tuple[np.ndarray, np.ndarray]:
 _PAIRS = [(d, e) for d in range(3) for e in range(d, 3)]
 
 
-class _Moments:
-    """Gaussian moments (``attack.metrics.gaussian``) of a chunk of reconstructions ``x`` and
-    references ``r``, kept on the cropped SSIM support as (b, M) float64: E[x_d], E[x_d x_e],
-    E[x_d r_c], E[r_c], E[r_c^2], E[y], E[y^2] with y the reference's luminance; and the plain
-    image sums for the MSE. Every SSIM (luminance or per channel) and PSNR of every global
-    transform of ``x`` follows from them."""
+def _filter(products) -> np.ndarray:
+    """Gaussian-filtered maps (K, b, H-10, W-10) (cropped to the SSIM support) of the (b, H, W)
+    float64 maps that ``products`` (a list of callables ``f(out)``) write."""
+    first = products[0]
+    shape = first[1]
+    buf = np.empty((len(products),) + shape)
+    for k, (fn, _) in enumerate(products):
+        fn(buf[k])
+    return metrics.gaussian(buf)[:, :, CROP:-CROP, CROP:-CROP]
 
-    def __init__(self, x: np.ndarray, r: np.ndarray, ref: "_Moments | None" = None):
-        """``ref``: the moments of another reconstruction of the same ``r`` (reuses its
-        reference maps)."""
+
+class _Ref:
+    """The reference side of a chunk: ``r`` (3, b, H, W) float64, its luminance, and the Gaussian
+    moments E[r_c], E[r_c^2], E[y], E[y^2] on the cropped support, (b, H-10, W-10) each."""
+
+    def __init__(self, r: np.ndarray):
+        self.rf = np.moveaxis(r.astype(np.float64), -1, 0)
+        self.y = _luma(self.rf)
+        sh = self.y.shape
+        rf, y = self.rf, self.y
+        G = _filter([*((lambda o, c=c: np.copyto(o, rf[c]), sh) for c in range(3)),
+                     *((lambda o, c=c: np.multiply(rf[c], rf[c], out=o), sh) for c in range(3)),
+                     (lambda o: np.copyto(o, y), sh), (lambda o: np.multiply(y, y, out=o), sh)])
+        self.mr, self.my, self.srr, self.syy = G[0:3], G[6], G[3:6], G[7]
+        self.vr = self.srr - self.mr * self.mr  # local variance of r_c
+        self.vy = self.syy - self.my * self.my
+        self.sum_r = rf.sum(axis=(2, 3))  # (3, b)
+        self.sum_rr = (rf * rf).sum(axis=(0, 2, 3))
+
+
+class _Plain:
+    """Metrics of reconstructions scored as they are, from 12 filtered maps: luminance l, l^2,
+    l y; per channel x_c, x_c^2, x_c r_c."""
+
+    def __init__(self, x: np.ndarray, ref: _Ref):
+        xf = np.moveaxis(x.astype(np.float64), -1, 0)
+        lum = _luma(xf)
+        rf, y, sh = ref.rf, ref.y, lum.shape
+        G = _filter([(lambda o: np.copyto(o, lum), sh), (lambda o: np.multiply(lum, lum, out=o), sh),
+                     (lambda o: np.multiply(lum, y, out=o), sh),
+                     *((lambda o, c=c: np.copyto(o, xf[c]), sh) for c in range(3)),
+                     *((lambda o, c=c: np.multiply(xf[c], xf[c], out=o), sh) for c in range(3)),
+                     *((lambda o, c=c: np.multiply(xf[c], rf[c], out=o), sh) for c in range(3))])
+        self.lum = metrics.ssim_from_moments(G[0], ref.my, G[1], ref.syy, G[2], crop=False)
+        self.colour = metrics.ssim_from_moments(G[3:6], ref.mr, G[6:9], ref.srr, G[9:12], crop=False).mean(axis=0)
+        d = xf - rf
+        self.mse = (d * d).sum(axis=(0, 2, 3)) / (d[0, 0].size * 3)
+
+
+class _Moments:
+    """Gaussian moments (``attack.metrics.gaussian``) of a chunk of reconstructions ``x`` against
+    the references of ``ref`` (``_Ref``), on the cropped SSIM support, (b, H-10, W-10) float64:
+    E[x_d], E[x_d x_e], E[x_d r_c] (18 filtered maps); and the plain image sums for the MSE. Every
+    SSIM (luminance or per channel) and PSNR of every global transform of ``x`` follows."""
+
+    def __init__(self, x: np.ndarray, ref: _Ref):
         b = len(x)
         xf = np.moveaxis(x.astype(np.float64), -1, 0)  # (3, b, H, W)
-        rf = np.moveaxis(r.astype(np.float64), -1, 0)
-        maps = [*xf, *(xf[d] * xf[e] for d, e in _PAIRS), *(xf[d] * rf[c] for d in range(3) for c in range(3))]
-        if ref is None:
-            y = np.tensordot(LUMA, rf, axes=1)
-            maps += [*rf, *(rf * rf), y, y * y]
-        G = metrics.gaussian(np.stack(maps))[:, :, CROP:-CROP, CROP:-CROP].reshape(len(maps), b, -1)
-        if ref is None:
-            self.mr, self.my = G[18:21], G[24]
-            self.vr = G[21:24] - self.mr * self.mr  # local variance of r_c
-            self.vy = G[25] - self.my * self.my
-            self.sum_r = rf.sum(axis=(2, 3))  # (3, b)
-            self.sum_rr = (rf * rf).sum(axis=(0, 2, 3))
-        else:
-            self.mr, self.my, self.vr, self.vy = ref.mr, ref.my, ref.vr, ref.vy
-            self.sum_r, self.sum_rr = ref.sum_r, ref.sum_rr
+        rf, sh = ref.rf, xf.shape[1:]
+        G = _filter([*((lambda o, d=d: np.copyto(o, xf[d]), sh) for d in range(3)),
+                     *((lambda o, d=d, e=e: np.multiply(xf[d], xf[e], out=o), sh) for d, e in _PAIRS),
+                     *((lambda o, d=d, c=c: np.multiply(xf[d], rf[c], out=o), sh) for d in range(3) for c in range(3))])
+        self.mr, self.my, self.vr, self.vy = ref.mr, ref.my, ref.vr, ref.vy
+        self.sum_r, self.sum_rr = ref.sum_r, ref.sum_rr
         self.mx = G[0:3]
         cov = {}
         for k, (d, e) in enumerate(_PAIRS):
             cov[d, e] = cov[e, d] = G[3 + k] - self.mx[d] * self.mx[e]
-        self.cxx = cov  # (d, e) -> (b, M) local covariance of x_d and x_e
+        self.cxx = cov  # (d, e) -> (b, h, w) local covariance of x_d and x_e
         self.sxr = G[9:18].reshape((3, 3) + G.shape[1:])  # [d, c] E[x_d r_c]
-        self.cxy = np.stack([np.tensordot(LUMA, self.sxr[d], axes=1) - self.mx[d] * self.my for d in range(3)])
+        self.cxy = np.stack([_luma(self.sxr[d]) - self.mx[d] * self.my for d in range(3)])
         # whole-image sums for the MSE of any transform (exact: sums of integers in float64)
         self.n_values = xf[0, 0].size * 3
         self.sum_x = xf.sum(axis=(2, 3))  # (3, b)
-        xb, rb = xf.reshape(3, b, -1).transpose(1, 0, 2), rf.reshape(3, b, -1).transpose(1, 2, 0)
-        self.sum_xr = np.matmul(xb, rb).transpose(1, 2, 0)  # (3, 3, b): sum x_d r_c
+        self.sum_xr = np.einsum("dbhw,cbhw->dcb", xf, rf)  # (3, 3, b): sum x_d r_c (no BLAS: see _luma)
         self.sum_xx = (xf * xf).sum(axis=(2, 3))
 
     def ssim_all(self, U: np.ndarray, K: np.ndarray) -> np.ndarray:
-        """Luminance SSIM of every transform (rows of U, K): (b, T), float32 per transform."""
-        f32 = np.float32
-        UU = np.stack([U[:, d] * U[:, e] * (1.0 if d == e else 2.0) for d, e in _PAIRS], axis=1).astype(f32)
-        U32, K32 = U.astype(f32), K.astype(f32)[:, None]
-        cxx = np.stack([self.cxx[p] for p in _PAIRS]).astype(f32)  # (6, b, M)
-        mx, cxy = self.mx.astype(f32), self.cxy.astype(f32)
-        my, vy = self.my.astype(f32), (self.vy + C2).astype(f32)
-        den_y = (self.my * self.my + C1).astype(f32)
-        out = np.empty((my.shape[0], len(U)))
-        for i in range(my.shape[0]):  # one image at a time: (T, M) arrays stay in cache
-            mu = U32 @ mx[:, i]
-            mu += K32
-            var = UU @ cxx[:, i]
-            var += vy[i]
-            cov = U32 @ cxy[:, i]
-            cov *= 2
-            cov += f32(C2)
-            num = mu * my[i]
-            num *= 2
-            num += f32(C1)
-            num *= cov
-            mu *= mu
-            mu += den_y[i]
-            mu *= var  # the denominator
-            num /= mu
-            out[i] = num.mean(axis=1, dtype=np.float64)
+        """Luminance SSIM of every transform (rows of U, K): (b, T), float32 per transform (torch:
+        its matrix products honour ``torch.set_num_threads``, numpy's BLAS would start threads in
+        every worker process and oversubscribe the cores)."""
+        import torch
+
+        f32 = torch.float32
+        b = self.my.shape[0]
+        t = lambda a: torch.from_numpy(np.ascontiguousarray(a, np.float32))  # noqa: E731
+        UU = t(np.stack([U[:, d] * U[:, e] * (1.0 if d == e else 2.0) for d, e in _PAIRS], axis=1))
+        U32, K32 = t(U), t(K)[:, None]
+        cxx = t(np.stack([self.cxx[p] for p in _PAIRS]).reshape(6, b, -1))  # (6, b, M)
+        mx, cxy = t(self.mx.reshape(3, b, -1)), t(self.cxy.reshape(3, b, -1))
+        my, vy = t(self.my.reshape(b, -1)), t((self.vy + C2).reshape(b, -1))
+        den_y = t((self.my * self.my + C1).reshape(b, -1))
+        out = np.empty((b, len(U)))
+        with torch.no_grad():
+            for i in range(b):  # one image at a time: (T, M) arrays stay in cache
+                mu = torch.addmm(K32.expand(-1, mx.shape[2]), U32, mx[:, i])
+                var = torch.addmm(vy[i].expand(len(U), -1), UU, cxx[:, i])
+                cov = (U32 @ cxy[:, i]).mul_(2).add_(C2)
+                num = (mu * my[i]).mul_(2).add_(C1).mul_(cov)
+                den = mu.mul_(mu).add_(den_y[i]).mul_(var)
+                out[i] = num.div_(den).mean(dim=1, dtype=torch.float64).numpy()
+        del f32
         return out
 
     def ssim(self, u: np.ndarray, k: np.ndarray) -> np.ndarray:
         """Luminance SSIM (float64) of one transform per image: weights u (b, 3), offset k (b,)."""
-        u = u.T[:, :, None]  # (3, b, 1)
-        mu = (u * self.mx).sum(axis=0) + k[:, None]
+        u = u.T[:, :, None, None]  # (3, b, 1, 1)
+        mu = (u * self.mx).sum(axis=0) + k[:, None, None]
         var = sum(u[d] * u[e] * self.cxx[d, e] for d in range(3) for e in range(3))
         cov = (u * self.cxy).sum(axis=0)
         S = ((2 * mu * self.my + C1) * (2 * cov + C2)) / ((mu * mu + self.my * self.my + C1) * (var + self.vy + C2))
-        return S.mean(axis=1, dtype=np.float64)
+        return S.mean(axis=(1, 2), dtype=np.float64)
 
     def ssim_colour(self, perm: np.ndarray, neg: np.ndarray) -> np.ndarray:
         """Colour SSIM (float64, mean over R, G, B) of one transform per image (perm, neg (b, 3))."""
@@ -142,14 +182,14 @@ class _Moments:
         out = np.zeros(perm.shape[0])
         for c in range(3):
             src = perm[:, c]
-            s = np.where(neg[:, c], -1.0, 1.0)[:, None]
+            s = np.where(neg[:, c], -1.0, 1.0)[:, None, None]
             m = self.mx[src, rows]
-            ux = s * m + np.where(neg[:, c], 255.0, 0.0)[:, None]
+            ux = s * m + np.where(neg[:, c], 255.0, 0.0)[:, None, None]
             vx = np.stack([self.cxx[d, d] for d in range(3)])[src, rows]
             vxy = s * (self.sxr[src, c, rows] - m * self.mr[c])
             uy = self.mr[c]
             S = ((2 * ux * uy + C1) * (2 * vxy + C2)) / ((ux * ux + uy * uy + C1) * (vx + self.vr[c] + C2))
-            out += S.mean(axis=1, dtype=np.float64)
+            out += S.mean(axis=(1, 2), dtype=np.float64)
         return out / 3
 
     def mse(self, perm: np.ndarray, neg: np.ndarray) -> np.ndarray:
@@ -179,7 +219,7 @@ def ssim_all(rec: np.ndarray, ref: np.ndarray, cs: bool, chunk: int = 8) -> np.n
     U, K = weights(transforms(cs))
     out = np.empty((len(rec), len(U)), np.float64)
     for a in range(0, len(rec), chunk):
-        out[a : a + chunk] = _Moments(rec[a : a + chunk], ref[a : a + chunk]).ssim_all(U, K)
+        out[a : a + chunk] = _Moments(rec[a : a + chunk], _Ref(ref[a : a + chunk])).ssim_all(U, K)
     return out
 
 
@@ -229,12 +269,20 @@ def score(ref: np.ndarray, families: dict, chunk: int = 8) -> dict:
     for a in range(0, n, chunk):
         r = ref[a : a + chunk]
         sl = slice(a, a + len(r))
-        first = None
+        rm = _Ref(r)
         for name, (rec, ts, picks) in families.items():
             U, K, P, Ng = consts[name]
-            m = _Moments(rec[sl], r, first)
-            first = first or m
             every = out[name]["every"]
+            if len(ts) == 1 and all(not isinstance(p, str) and not callable(p) for p in picks.values()):
+                pm = _Plain(rec[sl], rm)  # scored as it is: 12 maps instead of 18
+                every[sl] = pm.lum[:, None]
+                for label in picks:
+                    o = out[name]["picks"][label]
+                    o["choice"][sl] = 0
+                    o["ssim"][sl], o["ssim_colour"][sl] = pm.lum, pm.colour
+                    o["psnr"][sl] = metrics.psnr_from_mse(pm.mse)
+                continue
+            m = _Moments(rec[sl], rm)
             every[sl] = m.ssim_all(U, K) if len(ts) > 1 else 0.0
             for label, pick in picks.items():
                 if isinstance(pick, str):
