@@ -28,14 +28,15 @@ shortened runs (``--epochs``) scale the lr milestones by 40/70 and 60/70.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
+import click
 import numpy as np
 
 ATTACKS = ("encrypted", "fold-raw", "fold", "neighbour", "coa-1x1", "unet")
@@ -49,49 +50,68 @@ def default_data() -> Path:
     return Path(root) if root else Path("..") / "shared" / "data"
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m attack.coa", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--source", choices=["folder", "stl10", "cifar10", "sample"], default="folder",
-                   help="plain data: folder archives (default: scenes96 under $PPDATA_DATA or ../shared/data), "
-                        "stl10/cifar10 through torchvision (--root), or the embedded sample")
-    p.add_argument("--train", help="attacker's plain training images (folder source): ImageFolder dir or archive")
-    p.add_argument("--test", help="victim's plain test images (folder source)")
-    p.add_argument("--root", default="data", help="torchvision root for stl10/cifar10")
-    p.add_argument("--download", action="store_true", help="let torchvision download stl10/cifar10 into --root")
-    p.add_argument("--out", default="results/coa", help="output folder (created; existing files are replaced)")
-    p.add_argument("--attacks", default="encrypted,fold-raw,fold,neighbour,coa-1x1",
-                   help=f"comma-separated, from {','.join(ATTACKS)}")
-    p.add_argument("--schemes", default="np,npcs", help="np, npcs or both")
-    p.add_argument("--keys", default="same,independent", help="same, independent or both")
-    p.add_argument("--epochs", type=int, default=70)
-    p.add_argument("--lr", type=float, default=0.1)
-    p.add_argument("--milestones", help="lr /10 at these epochs (default 40,60 scaled to --epochs)")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--weight-decay", type=float, default=5e-4)
-    p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--loss-scale", choices=["pixel", "mean"], default="pixel")
-    p.add_argument("--unet-epochs", type=int, default=30)
-    p.add_argument("--unet-width", type=int, default=16)
-    p.add_argument("--unet-crop", type=int, default=48, help="train the U-Net on random crops (0: whole images)")
-    p.add_argument("--unet-lr", type=float, default=2e-3)
-    p.add_argument("--train-limit", type=int, help="use the first N attacker training images")
-    p.add_argument("--test-limit", type=int, help="attack the first N victim test images")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0, help="torch seed and (reproducible) keys of this experiment")
-    p.add_argument("--grid", type=int, default=8, help="images per row in the grids")
-    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
-                   help="processes for the training-free attacks")
-    a = p.parse_args(argv)
-    a.attacks = [s.strip() for s in a.attacks.split(",") if s.strip()]
-    a.schemes = [s.strip() for s in a.schemes.split(",") if s.strip()]
-    a.keys = [s.strip() for s in a.keys.split(",") if s.strip()]
-    for name, vals, allowed in (("--attacks", a.attacks, ATTACKS), ("--schemes", a.schemes, SCHEMES),
-                                ("--keys", a.keys, KEY_MODES)):
+def _csv(allowed):
+    def parse(ctx, param, value):
+        vals = [v.strip() for v in value.split(",") if v.strip()]
         bad = [v for v in vals if v not in allowed]
         if bad or not vals:
-            p.error(f"{name}: {', '.join(bad) or 'empty'} (choose from {', '.join(allowed)})")
-    return a
+            raise click.BadParameter(f"{', '.join(bad) or 'empty'} (choose from {', '.join(allowed)})")
+        return vals
+    return parse
+
+
+@click.command(help=__doc__.split("\n\n")[0], context_settings={"help_option_names": ["-h", "--help"],
+                                                                  "max_content_width": 100})
+@click.option("--source", type=click.Choice(["folder", "stl10", "cifar10", "sample"]), default="folder",
+              show_default=True, help="plain data: folder archives (default: scenes96 under $PPDATA_DATA or "
+              "../shared/data), stl10/cifar10 through torchvision (--root), or the embedded sample")
+@click.option("--train", help="attacker's plain training images (folder source): ImageFolder dir or archive")
+@click.option("--test", help="victim's plain test images (folder source)")
+@click.option("--root", default="data", show_default=True, help="torchvision root for stl10/cifar10")
+@click.option("--download", is_flag=True, help="let torchvision download stl10/cifar10 into --root")
+@click.option("--out", default="results/coa", show_default=True,
+              help="output folder (created; existing files are replaced)")
+@click.option("--attacks", default="encrypted,fold-raw,fold,neighbour,coa-1x1", show_default=True,
+              callback=_csv(ATTACKS), help=f"comma-separated, from {','.join(ATTACKS)}")
+@click.option("--schemes", default="np,npcs", show_default=True, callback=_csv(tuple(SCHEMES)),
+              help="np, npcs or both")
+@click.option("--keys", default="same,independent", show_default=True, callback=_csv(KEY_MODES),
+              help="same, independent or both")
+@click.option("--epochs", type=int, default=70, show_default=True)
+@click.option("--lr", type=float, default=0.1, show_default=True)
+@click.option("--milestones", help="lr /10 at these epochs (default 40,60 scaled to --epochs)")
+@click.option("--batch-size", type=int, default=128, show_default=True)
+@click.option("--weight-decay", type=float, default=5e-4, show_default=True)
+@click.option("--momentum", type=float, default=0.9, show_default=True)
+@click.option("--loss-scale", type=click.Choice(["pixel", "mean"]), default="pixel", show_default=True)
+@click.option("--unet-epochs", type=int, default=30, show_default=True)
+@click.option("--unet-width", type=int, default=16, show_default=True)
+@click.option("--unet-crop", type=int, default=48, show_default=True,
+              help="train the U-Net on random crops (0: whole images)")
+@click.option("--unet-lr", type=float, default=2e-3, show_default=True)
+@click.option("--train-limit", type=int, help="use the first N attacker training images")
+@click.option("--test-limit", type=int, help="attack the first N victim test images")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="torch seed and (reproducible) keys of this experiment")
+@click.option("--grid", type=int, default=8, show_default=True, help="images per row in the grids")
+@click.option("--workers", type=int, default=min(4, os.cpu_count() or 1), show_default=True,
+              help="processes for the training-free attacks")
+def cli(**kwargs) -> int:
+    return run(SimpleNamespace(**kwargs))
+
+
+def main(argv=None) -> int:
+    """Run the command with ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
+    try:
+        return cli.main(args=argv, prog_name="python -m attack.coa", standalone_mode=False) or 0
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except click.ClickException as e:
+        e.show()
+        return e.exit_code
+    except click.exceptions.Abort:
+        return 1
 
 
 def open_sources(a):
@@ -107,8 +127,8 @@ def open_sources(a):
     return src, src, {"source": a.source, "root": a.root}
 
 
-def main(argv=None) -> int:
-    a = parse_args(argv)
+def run(a) -> int:
+    """The experiment with the options of the command (attribute namespace ``a``)."""
     import torch
 
     from ppdata.cipher import fold, get_scheme

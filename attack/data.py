@@ -58,6 +58,25 @@ def read_split(source: Source, split: str, limit: int | None = None) -> tuple[np
     return np.concatenate(images), np.concatenate(index)
 
 
+def read_spread(source: Source, split: str, n: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` images of ``split`` spread evenly over it (every k-th, k = count // n) and their source
+    indices: sources are often ordered by class, and the first n images would all be of one or two
+    classes. All images when ``n`` is None or at least the split's size."""
+    count = source.count(split)
+    if n is None or count is None or n >= count:
+        return read_split(source, split, n)
+    keep = set(np.linspace(0, count - 1, n).round().astype(np.int64).tolist())
+    images, index = [], []
+    for b in source.batches(split, 512):
+        sel = np.array([int(i) in keep for i in b.index], bool)
+        if sel.any():
+            images.append(b.images[sel])
+            index.append(b.index[sel])
+    if not images:
+        raise PpdataError(f"split {split} of source {source.name} holds no readable images")
+    return np.concatenate(images), np.concatenate(index)
+
+
 # the plain originals of given samples: ppdata's own lookup (also used by preview and audit)
 plain_for_keys = originals
 

@@ -1,4 +1,4 @@
-"""Image-quality metrics for reconstruction attacks: SSIM and PSNR from scikit-image.
+"""Image-quality metrics for reconstruction attacks: SSIM and PSNR as scikit-image computes them.
 
 Conventions (all functions take ``(N, H, W, 3)`` uint8 batches, reference first, and return one
 value per image as a float64 array):
@@ -13,9 +13,15 @@ value per image as a float64 array):
                 restoration papers, and the primary number we report.
 ``ssim_colour`` the same SSIM on R, G and B separately, averaged over the three channels
                 (``channel_axis=-1``).
-``psnr``        ``skimage.metrics.peak_signal_noise_ratio`` over all three channels,
-                ``data_range=255``: 10 log10(255^2 / MSE). Identical images give MSE = 0 and
-                +inf; ``summary`` caps each value at ``PSNR_CAP`` = 100 dB before averaging.
+``psnr``        10 log10(255^2 / MSE) over all three channels (as
+                ``skimage.metrics.peak_signal_noise_ratio`` with ``data_range=255``). Identical
+                images give MSE = 0 and +inf; ``summary`` caps each value at ``PSNR_CAP`` = 100 dB
+                before averaging.
+
+Implementation: scikit-image's algorithm (``structural_similarity``: the five Gaussian-filtered
+moments, its formula, the cropped mean) run on stacks of images at once, with the same
+``scipy.ndimage.gaussian_filter`` call; the values equal scikit-image's to rounding (about 1e-15,
+tested), several times faster than one call per image and channel.
 
 The paper (Sirichotedumrong et al., Table 2) reports "SSIM" and "PSNR" of reconstructions from its
 ciphertext-only attack without stating colour or luminance or the window; the Gaussian-window
@@ -26,13 +32,17 @@ reach 1 only for identical (luminance) images.
 from __future__ import annotations
 
 import numpy as np
-from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+from scipy.ndimage import gaussian_filter
 
 DATA_RANGE = 255.0
 PSNR_CAP = 100.0
 LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R BT.601
 SSIM_SETTINGS = dict(data_range=DATA_RANGE, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
                      K1=0.01, K2=0.03)
+C1 = (SSIM_SETTINGS["K1"] * DATA_RANGE) ** 2
+C2 = (SSIM_SETTINGS["K2"] * DATA_RANGE) ** 2
+CROP = 5  # half-width of the 11x11 window (sigma 1.5, truncate 3.5): the border scikit-image leaves out
+CHUNK = 32  # images per batch of filtered maps
 
 
 def _check_pair(ref: np.ndarray, rec: np.ndarray) -> None:
@@ -47,32 +57,62 @@ def luminance(images: np.ndarray) -> np.ndarray:
     return np.asarray(images, np.float64) @ LUMA
 
 
+def gaussian(maps: np.ndarray) -> np.ndarray:
+    """scikit-image's SSIM window over the last two axes of float64 ``(..., H, W)`` maps: the
+    same ``scipy.ndimage.gaussian_filter`` call (sigma 1.5, truncate 3.5, mode reflect) that
+    ``structural_similarity`` makes per image, done for a whole stack at once."""
+    sigma = (0,) * (maps.ndim - 2) + (SSIM_SETTINGS["sigma"],) * 2
+    return gaussian_filter(maps, sigma=sigma, truncate=3.5, mode="reflect")
+
+
+def ssim_from_moments(ux, uy, uxx, uyy, uxy, crop: bool = True) -> np.ndarray:
+    """Mean SSIM over the cropped map from Gaussian moments ``(..., H, W)`` (E[x], E[y], E[x^2],
+    E[y^2], E[xy]): scikit-image's formula, reduced over the last two axes (``crop=False``: the
+    moments are already cropped to the SSIM support)."""
+    vx, vy, vxy = uxx - ux * ux, uyy - uy * uy, uxy - ux * uy
+    S = ((2 * ux * uy + C1) * (2 * vxy + C2)) / ((ux * ux + uy * uy + C1) * (vx + vy + C2))
+    return (S[..., CROP:-CROP, CROP:-CROP] if crop else S).mean(axis=(-2, -1), dtype=np.float64)
+
+
+def _planes_ssim(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """SSIM of float64 planes (..., H, W), batched."""
+    G = gaussian(np.stack([a, b, a * a, b * b, a * b]))
+    return ssim_from_moments(*G)
+
+
 def ssim(ref: np.ndarray, rec: np.ndarray) -> np.ndarray:
     """Luminance SSIM per image (see module docstring)."""
     _check_pair(ref, rec)
-    a, b = luminance(ref), luminance(rec)
-    return np.array([structural_similarity(x, y, **SSIM_SETTINGS) for x, y in zip(a, b)], np.float64)
+    return np.concatenate([_planes_ssim(luminance(ref[i : i + CHUNK]), luminance(rec[i : i + CHUNK]))
+                           for i in range(0, len(ref), CHUNK)] or [np.zeros(0)])
 
 
 def ssim_colour(ref: np.ndarray, rec: np.ndarray) -> np.ndarray:
     """Mean over R, G, B of the per-channel SSIM, per image."""
     _check_pair(ref, rec)
-    a, b = np.asarray(ref, np.float64), np.asarray(rec, np.float64)
-    return np.array([np.mean([structural_similarity(x[..., c], y[..., c], **SSIM_SETTINGS) for c in range(3)])
-                     for x, y in zip(a, b)], np.float64)
+    out = []
+    for i in range(0, len(ref), CHUNK):
+        a = np.moveaxis(ref[i : i + CHUNK].astype(np.float64), -1, 1)  # (b, 3, H, W)
+        b = np.moveaxis(rec[i : i + CHUNK].astype(np.float64), -1, 1)
+        out.append(_planes_ssim(a, b).mean(axis=1))
+    return np.concatenate(out or [np.zeros(0)])
+
+
+def mse(ref: np.ndarray, rec: np.ndarray) -> np.ndarray:
+    """Mean squared error per image over all values, float64."""
+    d = ref.astype(np.float64) - rec
+    return np.einsum("nhwc,nhwc->n", d, d) / (d[0].size if len(d) else 1)
+
+
+def psnr_from_mse(m: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore"):
+        return 10 * np.log10(DATA_RANGE**2 / np.asarray(m, np.float64))
 
 
 def psnr(ref: np.ndarray, rec: np.ndarray) -> np.ndarray:
     """PSNR in dB per image over all channels (+inf for identical images)."""
     _check_pair(ref, rec)
-    out = np.empty(len(ref), np.float64)
-    with np.errstate(divide="ignore"):
-        for i, (x, y) in enumerate(zip(ref, rec)):
-            if np.array_equal(x, y):
-                out[i] = np.inf  # skimage would warn about the division by zero
-            else:
-                out[i] = peak_signal_noise_ratio(x, y, data_range=DATA_RANGE)
-    return out
+    return psnr_from_mse(mse(ref, rec))
 
 
 def evaluate(ref: np.ndarray, rec: np.ndarray, colour: bool = True) -> dict[str, np.ndarray]:

@@ -53,62 +53,71 @@ _LINES = [((0, -1), (0, -2)), ((-1, 0), (-2, 0))]
 _EXTRAPOLATION_WEIGHT = 2.0
 
 
+_IDX = (np.arange(3) * 3)[None, :] + _PERMS  # (6, 3): flat (output channel, source) index of each order
+
+
 def _predictions(V: np.ndarray, ii: np.ndarray, jj: np.ndarray, rule: str) -> list[tuple[float, np.ndarray]]:
-    """(weight, prediction (B, m, 3)) at pixels (ii, jj) from the padded values V (B, H+4, W+4, 3);
+    """(weight, prediction (3, B, m)) at pixels (ii, jj) from the padded values V (3, B, H+4, W+4);
     NaN where a neighbour is undecided or outside the image."""
     ii = ii + _PAD
     jj = jj + _PAD
     out = []
     for (a, b), (c, d) in _LINES:
-        n1 = V[:, ii + a, jj + b]
+        n1 = V[:, :, ii + a, jj + b]
         out.append((1.0, n1))
         if rule == "extrapolate":
-            p = 2 * n1 - V[:, ii + c, jj + d]
+            p = 2 * n1 - V[:, :, ii + c, jj + d]
             out.append((_EXTRAPOLATION_WEIGHT, np.clip(p, -127.5, 127.5)))
     if rule == "extrapolate":
-        p = V[:, ii, jj - 1] + V[:, ii - 1, jj] - V[:, ii - 1, jj - 1]
+        p = V[:, :, ii, jj - 1] + V[:, :, ii - 1, jj] - V[:, :, ii - 1, jj - 1]
         out.append((_EXTRAPOLATION_WEIGHT, np.clip(p, -127.5, 127.5)))
     return out
 
 
 def _decide(d: np.ndarray, preds, cs: bool) -> np.ndarray:
-    """Centred values (B, m, 3) chosen for pixels with distances ``d`` (B, m, 3) (sorted under CS).
+    """Centred values (3, n) chosen for n pixels with distances ``d`` (3, n) (sorted under CS).
 
-    g[..., c, j, s]: cost of output channel c taking source value d_j with sign s (+, -)."""
-    w = np.array([wt for wt, _ in preds], np.float32)
-    P = np.stack([p for _, p in preds])  # (K, B, m, 3)
-    valid = ~np.isnan(P[..., :1])  # a neighbour is decided for all channels or none
-    Wk = np.where(valid, w[:, None, None, None], np.float32(0))  # (K, B, m, 1)
-    P = np.where(valid, P, np.float32(0))[..., :, None]  # (K, B, m, 3, 1)
-    dj = d[..., None, :] if cs else d[..., :, None]  # (B, m, 1, 3) or (B, m, 3, 1)
-    Wk = Wk[..., None]  # (K, B, m, 1, 1)
-    gp = (Wk * np.abs(dj - P)).sum(axis=0)  # (B, m, 3, srcs)
-    gm = (Wk * np.abs(dj + P)).sum(axis=0)
+    Channels first, pixels last: numpy's broadcasting is fast only with a long innermost axis.
+    g[c, j] (+ and - sign): cost of output channel c taking source value d_j with that sign,
+    ``sum_k w_k |d_j -+ P_kc|``, computed as ``|w_k d_j -+ w_k P_kc|`` (exact: weights are 0, 1
+    or 2)."""
+    n = d.shape[1]
+    w = np.array([wt for wt, _ in preds], np.float32)[:, None, None]
+    P = np.stack([p for _, p in preds])  # (K, 3, n)
+    valid = ~np.isnan(P[:, :1])  # (K, 1, n): a neighbour is decided for all channels or none
+    Wk = np.where(valid, w, np.float32(0))
+    wP = np.where(valid, P, np.float32(0)) * Wk
+    wd = Wk * d
+    a, b = (wd[:, None, :, :], wP[:, :, None, :]) if cs else (wd, wP)  # (K, 1, 3j, n), (K, 3c, 1, n)
+    t = a - b
+    np.abs(t, out=t)
+    gp = t.sum(axis=0)
+    np.add(a, b, out=t)
+    np.abs(t, out=t)
+    gm = t.sum(axis=0)
     sign = gm < gp  # True: negative; ties keep the positive (the seed's) reading
-    gmin = np.minimum(gp, gm)
     if cs:
-        c = np.arange(3)
-        total = np.stack([gmin[:, :, c, perm].sum(axis=-1) for perm in _PERMS], axis=-1)  # (B, m, 6)
-        k = total.argmin(axis=-1)  # ties: lowest index (identity first)
-        perm = _PERMS[k]  # (B, m, 3)
-        val = np.take_along_axis(d, perm, axis=-1)
-        sgn = np.take_along_axis(sign, perm[..., None], axis=-1)[..., 0]
+        total = np.minimum(gp, gm).reshape(9, n)[_IDX].sum(axis=1)  # (6, n)
+        perm = _PERMS[total.argmin(axis=0)].T  # (3, n); ties: lowest index (identity first)
+        val = np.take_along_axis(d, perm, axis=0)
+        sgn = np.take_along_axis(sign.reshape(9, n), (np.arange(3) * 3)[:, None] + perm, axis=0)
     else:
-        val = d
-        sgn = sign[..., 0]
+        val, sgn = d, sign
     return np.where(sgn, -val, val)
 
 
 def _attack_chunk(f: np.ndarray, cs: bool, rule: str) -> np.ndarray:
     B, H, W, _ = f.shape
-    d = 127.5 - f.astype(np.float32)
-    V = np.full((B, H + 2 * _PAD, W + 2 * _PAD, 3), np.nan, np.float32)
-    inner = V[:, _PAD : _PAD + H, _PAD : _PAD + W]
+    d = 127.5 - np.ascontiguousarray(f.transpose(3, 0, 1, 2)).astype(np.float32)  # (3, B, H, W)
+    V = np.full((3, B, H + 2 * _PAD, W + 2 * _PAD), np.nan, np.float32)
     for t in range(H + W - 1):
         ii = np.arange(max(0, t - W + 1), min(H - 1, t) + 1)
         jj = t - ii
-        inner[:, ii, jj] = _decide(d[:, ii, jj], _predictions(V, ii, jj, rule), cs)
-    return (inner + 127.5).astype(np.uint8)  # exact: values are f or 255 - f
+        n = B * len(ii)
+        preds = [(wt, p.reshape(3, n)) for wt, p in _predictions(V, ii, jj, rule)]
+        V[:, :, ii + _PAD, jj + _PAD] = _decide(d[:, :, ii, jj].reshape(3, n), preds, cs).reshape(3, B, -1)
+    inner = V[:, :, _PAD : _PAD + H, _PAD : _PAD + W]
+    return (inner + 127.5).astype(np.uint8).transpose(1, 2, 3, 0)  # exact: values are f or 255 - f
 
 
 def neighbour_attack(encrypted: np.ndarray, cs: bool, rule: str = "extrapolate", chunk: int = 128) -> np.ndarray:

@@ -6,14 +6,12 @@ import json
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
 from attack import metrics, variants
 from attack.data import align_by_key, encrypt_as, plain_for_keys
 from attack.learn import COANet, LocallyConnected1x1, TrainConfig, UNet, fit, predict, unet_input
 from attack.neighbour import neighbour_attack
 from ppdata.cipher import fold
-from ppdata.cli import cli
 from ppdata.keys import KeyStream, secret_from_seed
 from ppdata.sources import SampleSource, open_source
 
@@ -275,53 +273,3 @@ def test_coa_experiment_writes_table2_layout(tmp_path):
     table = (out / "table.md").read_text()
     assert "| NP | " in table and "| NP+CS | " in table and "## coa-1x1" in table
     assert (out / "grid-npcs-independent.png").stat().st_size > 0
-
-
-# ------------------------------------------------------------------------------------------------
-# audit
-
-
-def _run(args):
-    return CliRunner().invoke(cli, ["-q", *args], catch_exceptions=False)
-
-
-def test_audit_cli_on_real_photos(scenes_test_slice, tmp_path):
-    shards, report = tmp_path / "v", tmp_path / "report"
-    r = _run(["encrypt", "folder", str(scenes_test_slice), "--split", "test", "--cs", "--out", str(shards)])
-    assert r.exit_code == 0, r.output
-    r = _run(["audit", str(shards), "--plain", "folder", str(scenes_test_slice), "--out", str(report)])
-    assert r.exit_code == 0, r.output
-    rec = json.loads((report / "metrics.json").read_text())
-    assert rec["images"] == 48 and rec["scheme"]["cs"] is True
-    att = rec["attacks"]
-    assert att["fold"]["summary"]["ssim"]["mean"] > att["encrypted"]["summary"]["ssim"]["mean"] + 0.3
-    assert len(rec["per_image"]["fold"]["ssim"]) == 48
-    text = (report / "report.md").read_text()
-    assert "| fold |" in text and "| neighbour |" in text and "NP+CS" in text
-    assert (report / "grid.png").stat().st_size > 0
-    # an existing report is never overwritten silently
-    r = _run(["audit", str(shards), "--plain", "folder", str(scenes_test_slice), "--out", str(report)])
-    assert r.exit_code == 1 and "--overwrite" in r.output
-
-
-def test_audit_refuses_plain_shards_and_wrong_sources(tmp_path):
-    plain = tmp_path / "p"
-    assert _run(["encrypt", "sample", "--plain", "--split", "test", "--out", str(plain)]).exit_code == 0
-    r = _run(["audit", str(plain), "--plain", "sample", "--out", str(tmp_path / "r")])
-    assert r.exit_code == 1 and "nothing to attack" in r.output
-    enc = tmp_path / "e"
-    assert _run(["encrypt", "sample", "--split", "test", "--out", str(enc)]).exit_code == 0
-    r = _run(["audit", str(enc), "--plain", "folder", "--out", str(tmp_path / "r2")])
-    assert r.exit_code == 1 and "PATH" in r.output
-
-
-@pytest.mark.slow
-def test_audit_learned_on_the_sample(tmp_path):
-    enc = tmp_path / "e"
-    assert _run(["encrypt", "sample", "--out", str(enc)]).exit_code == 0
-    r = _run(["audit", str(enc), "--plain", "sample", "--learned", "--epochs", "1", "--out", str(tmp_path / "r")])
-    assert r.exit_code == 0, r.output
-    rec = json.loads((tmp_path / "r" / "metrics.json").read_text())
-    assert {"coa-1x1", "unet"} <= set(rec["attacks"])
-    assert rec["attacks"]["unet"]["images"] == 100
-    assert "train split" in rec["learned"]["training_data"]

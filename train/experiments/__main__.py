@@ -25,6 +25,9 @@ NAME:
   fig11   no augmentation / shift only / flip only / flip + shift (encrypted domain)
   fig12   fig8b with DenseNet-40-12
   table2  ciphertext-only attacks (python -m attack.coa)
+  frontier  privacy against accuracy per scheme and key mode: ppdata audit of the 96x96 photos'
+          test split (x: strongest realistic attack's SSIM) against the Enc(Q) accuracy of the
+          finished fig8b runs (y; --accuracy CSV files)
 
 \b
 Profiles: paper (the paper's schedules), fast (minutes per condition on one GPU: 2M images seen),
@@ -44,7 +47,7 @@ Examples:
 
 
 @click.command(help=HELP, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.argument("name", type=click.Choice(FIGURE_NAMES))
+@click.argument("name", type=click.Choice([*FIGURE_NAMES, "frontier"]))
 @click.option("--profile", type=click.Choice(list(PROFILES)), default="fast", show_default=True)
 @click.option("--dry-run", is_flag=True, help="List the conditions and the exact commands; run nothing.")
 @click.option("--data", default=None, help="Plain images (see above).")
@@ -64,8 +67,26 @@ Examples:
               help="fig8a/fig8b/fig10/fig12: expand with the earlier reading's shifts (+-4, +-4), no unshifted "
                    "copy, instead of the paper's set (the original and shifts by 4 right, down, diagonally).")
 @click.option("--report-only", is_flag=True, help="Write the reports from the finished runs; train nothing.")
-def main(name, profile, dry_run, data, root, subset, work, results, only, device, train_args, fmt, diagonal, report_only):
+@click.option("--accuracy", multiple=True, type=click.Path(dir_okay=False),
+              help="frontier: fig8b CSV files with Enc(Q) accuracies (default: the CPU-scale runs in docs/results).")
+@click.option("--audit-args", default="", metavar="'OPTIONS'",
+              help="frontier: extra options for every ppdata audit, e.g. '--learned --budget 15'.")
+def main(name, profile, dry_run, data, root, subset, work, results, only, device, train_args, fmt, diagonal,
+         report_only, accuracy, audit_args):
     from . import report
+
+    if name == "frontier":
+        from . import frontier
+
+        command = "python -m train.experiments " + shlex.join(sys.argv[1:])
+        try:
+            paths = frontier.main(data or default_data("scenes96"), work, results, accuracy, shlex.split(audit_args),
+                                  dry_run, command, lambda m: click.echo(m, err=not dry_run))
+        except PpdataError as e:
+            raise click.ClickException(str(e)) from None
+        if paths:
+            click.echo(f"frontier: wrote {', '.join(_rel(p) for p in paths)}", err=True)
+        return
 
     try:
         fig = figure(name, diagonal)
