@@ -150,13 +150,36 @@ def member_kind(m: tarfile.TarInfo) -> str:
     return "special file"
 
 
-def index_tar(path: str | os.PathLike) -> list[Member]:
+def index_tar(path: str | os.PathLike | BinaryIO, origin: str | None = None, size: int | None = None) -> list[Member]:
     """List an uncompressed tar by seeking from header to header (see module docstring): every
-    member but directories, in archive order."""
-    origin = os.fspath(path)
+    member but directories, in archive order. ``path``: a file path, or a seekable binary file
+    object at offset 0 (then ``origin`` names it and ``size`` is its length)."""
+    if isinstance(path, (str, os.PathLike)):
+        origin = origin or os.fspath(path)
+        try:
+            with open(path, "rb") as f:
+                return index_tar(f, origin, os.fstat(f.fileno()).st_size)
+        except OSError as e:
+            raise ArchiveError(f"cannot read archive {origin}: {e.strerror or e}") from None
+    f, origin = path, origin or "archive"
+    head = f.read(6)
+    f.seek(0)
+    if compression(head) is not None:
+        raise ArchiveError(f"{origin} is compressed; only an uncompressed tar can be listed by seeking")
+    try:
+        return [Member(e.name, e.offset, e.size if e.kind == "file" else 0, e.kind)
+                for e in iter_tar(f, origin, chunk=64 << 10, data=lambda name: False, seekable=True, size=size)
+                if e.kind != "directory"]
+    except Unsupported:
+        f.seek(0)
+        return _index_tarfile(f, origin, size)
+
+
+def _index_tarfile(f: BinaryIO, origin: str, size: int | None) -> list[Member]:
+    """``index_tar`` through ``tarfile`` (the members the fast reader does not know)."""
     files: list[Member] = []
     try:
-        with tarfile.open(path, mode="r:", tarinfo=_RecordingInfo) as tf:
+        with tarfile.open(fileobj=f, mode="r:", tarinfo=_RecordingInfo) as tf:
             for m in tf:
                 if not m.isdir():
                     files.append(Member(m.name, m.offset_data, m.size if m.isfile() else 0, member_kind(m)))
@@ -166,16 +189,16 @@ def index_tar(path: str | os.PathLike) -> list[Member]:
         raise ArchiveError(f"{origin} is not a readable tar archive ({e})") from None
     except OSError as e:
         raise ArchiveError(f"cannot read archive {origin}: {e.strerror or e}") from None
-    size = os.path.getsize(path)
+    if size is None:
+        size = f.seek(0, 2)
     if files and files[-1].offset + files[-1].size > size:
         raise ArchiveError(f"archive {origin} ends inside member {files[-1].name!r} (truncated)")
     if not isinstance(stop, tarfile.EOFHeaderError):
         if stop is None or isinstance(stop, (tarfile.EmptyHeaderError, tarfile.TruncatedHeaderError)):
             raise ArchiveError(f"archive {origin} ends without its end-of-archive marker: it was cut short (truncated)")
         raise ArchiveError(f"archive {origin} has a damaged header at byte {end}: {stop}")
-    with open(path, "rb") as f:
-        f.seek(end)
-        rest = f.read()
+    f.seek(end)
+    rest = f.read()
     if len(rest) < 2 * tarfile.BLOCKSIZE:
         raise ArchiveError(f"archive {origin} ends without its end-of-archive marker (truncated?)")
     if rest.count(0) != len(rest):
@@ -331,13 +354,38 @@ def _chunks_of(stream: BinaryIO, kind: str | None, chunk: int) -> Callable[[], b
 
 
 class _Reader:
-    """Bytes of a stream by absolute offset, read forward in pieces."""
+    """Bytes of a stream by absolute offset, read forward in pieces; ``seek``: the stream's own
+    (uncompressed, seekable streams), used to skip data that is not wanted."""
 
-    def __init__(self, more: Callable[[], bytes]):
+    def __init__(self, more: Callable[[], bytes], seek: Callable[[int], object] | None = None,
+                 size: int | None = None):
         self.more = more
+        self.seek = seek
+        self.size = size
         self.buf = b""
         self.pos = 0  # position in buf
         self.base = 0  # absolute offset of buf[0]
+
+    def skip(self, n: int) -> None:
+        """Move ``n`` bytes forward without keeping them."""
+        avail = len(self.buf) - self.pos
+        if n <= avail:
+            self.pos += n
+            return
+        target = self.offset + n
+        if self.seek is not None:
+            self.seek(target)
+        else:
+            left = n - avail
+            while left > 0:
+                piece = self.more()
+                if not piece:
+                    break
+                if len(piece) > left:  # keep what lies beyond the target
+                    self.buf, self.pos, self.base = piece, left, target - left
+                    return
+                left -= len(piece)
+        self.buf, self.pos, self.base = b"", 0, target
 
     @property
     def offset(self) -> int:
@@ -371,11 +419,17 @@ class _Reader:
 
 
 def iter_tar(stream: BinaryIO, origin: str, *, compressed: str | None = None, chunk: int = 4 << 20,
-             data: Callable[[str], bool] | None = None) -> Iterator[Entry]:
+             data: Callable[[str], bool] | None = None, seekable: bool = False,
+             size: int | None = None) -> Iterator[Entry]:
     """Every member of the tar ``stream`` (``compressed``: ``"gzip"``, ``"bzip2"``, ``"xz"`` or None),
     then the end-of-archive checks of the module docstring. ``data(name)``: whether to keep a
-    regular file's bytes (default: all). Checksums are checked before a member is yielded."""
-    rd = _Reader(_chunks_of(stream, compressed, chunk))
+    regular file's bytes (default: all). ``seekable`` (an uncompressed stream at offset 0 of
+    ``size`` bytes): data that is not kept is skipped by seeking. Checksums are checked before a
+    member is yielded."""
+    seek = None
+    if seekable and compressed is None:
+        seek = stream.seek
+    rd = _Reader(_chunks_of(stream, compressed, chunk), seek, size)
     pending: list[Entry] = []
     headers: list[bytes] = []
     offsets: list[int] = []
@@ -467,8 +521,10 @@ def iter_tar(stream: BinaryIO, origin: str, *, compressed: str | None = None, ch
                 if t in _REGULAR and (data is None or data(name)):
                     payload = body(size, name)
                     size_pending += size
+                elif rd.size is not None and offset + size > rd.size:
+                    raise ArchiveError(f"archive {origin} ends inside member {name!r} (truncated)")
                 else:
-                    body(size, name)
+                    rd.skip(-(-size // BLOCK) * BLOCK)
             pending.append(Entry(name, kind, offset, size, payload))
             if len(pending) >= _HEADER_BATCH or size_pending >= _BATCH_BYTES:
                 yield from flush()
