@@ -460,10 +460,16 @@ def preview(directory, plain_path, output, split, count, plain_source, root, col
 @click.option("--overwrite", is_flag=True, help="Replace ppdata's files in a non-empty --out.")
 @click.option("--no-verify", is_flag=True, help="Skip the sha256 check of the shards read (counts, shapes and "
                                                 "structure are still checked).")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: this process; ray: Ray Data tasks on a cluster, one output shard per task, DIRECTORY "
+                   "and --out on a shared file system or s3:// (pip install 'ppdata[ray]'; see docs/scale.md).")
+@click.option("--ray-address", metavar="ADDR", help="The Ray cluster to join (default: RAY_ADDRESS, else a local Ray).")
+@click.option("--workers", type=click.IntRange(min=1), help="With --engine ray: Ray tasks at once (default: the "
+                                                            "cluster's CPUs).")
 @click.pass_obj
 @_errors
 def augment(obj, directory, out, split, flip, shift, shifts, fill, seed, shard_size, copy_splits, memory,
-            overwrite, no_verify):
+            overwrite, no_verify, engine, ray_address, workers):
     """Expand the train split of an (encrypted) shard folder by flips and shifts, without any key.
 
     Every image becomes all combinations of the flips and the translations (default: the paper's
@@ -480,6 +486,7 @@ def augment(obj, directory, out, split, flip, shift, shifts, fill, seed, shard_s
       ppdata augment shards/ --no-flip --out shift-only/
       ppdata augment shards/ --shift 0 --out flip-only/
       ppdata augment shards/ --shifts diagonal --out diag/   # the earlier reading (+-4, +-4)
+      ppdata augment s3://bucket/v/ --engine ray --ray-address auto  # on a Ray cluster, in place
     """
     from .augment import augment_folder
     from .variants import SHIFT_SETS, parse_shifts, variant_set
@@ -489,9 +496,18 @@ def augment(obj, directory, out, split, flip, shift, shifts, fill, seed, shard_s
                                shifts=shifts if shifts in SHIFT_SETS else parse_shifts(shifts))
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--shifts/--shift/--flip") from None
-    m = augment_folder(directory, out, variants=variants, fill=fill, seed=seed, split=split,
-                       shard_size=shard_size, overwrite=overwrite, link=not copy_splits,
-                       resident_bytes=memory << 20, progress=not obj.quiet, verify=not no_verify)
+    if engine == "ray":
+        from .engines.raydata import augment_ray
+
+        m = augment_ray(directory, out, variants=variants, fill=fill, seed=seed, split=split, shard_size=shard_size,
+                        overwrite=overwrite, progress=not obj.quiet, verify=not no_verify, workers=workers,
+                        address=ray_address)
+    else:
+        if ray_address or workers:
+            raise click.UsageError("--ray-address and --workers go with --engine ray")
+        m = augment_folder(directory, out, variants=variants, fill=fill, seed=seed, split=split,
+                           shard_size=shard_size, overwrite=overwrite, link=not copy_splits,
+                           resident_bytes=memory << 20, progress=not obj.quiet, verify=not no_verify)
     new = f"{split}x{len(variants)}" if out is None else split
     a = m["splits"][new].get("augment") or m["augment"]
     where = f"{directory}: added split {new}" if out is None else f"{out}: {split}"

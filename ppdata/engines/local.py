@@ -5,7 +5,8 @@ yields their results in the order of the chunks, with a bounded number in flight
 stays bounded whatever the dataset size. Workers are forked once, before any thread of the run
 starts (``start``), and inherit the ``Work`` (the key stream included) without it being pickled
 or written anywhere. A worker that dies (killed, out of memory) stops the run with an error
-naming it; an error raised by the work in a worker (e.g. ``DecoderMismatch``) is re-raised here.
+naming it; an error raised by the work in a worker (e.g. ``DecoderMismatch``) is re-raised here;
+a worker dies with its parent (Linux), so a killed run leaves no worker behind.
 
 ``chunks_of(items, ...)`` cuts a split's items into chunks: ``size`` items, or fewer when the
 decoded images are large (at most about ``budget`` bytes of decoded pixels per chunk, learnt from
@@ -41,15 +42,32 @@ def default_workers() -> int:
 _WORK: Work | None = None
 
 
-def _init(work: Work) -> None:
+def _init(work: Work, parent: int) -> None:
     global _WORK
     _WORK = work
-    try:  # a worker of a Ctrl-C'd run exits with the parent, quietly
-        import signal
+    import signal
 
+    try:  # Ctrl-C reaches the parent, which stops the workers
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     except (ValueError, OSError):
         pass
+    _die_with(parent)
+
+
+def _die_with(parent: int) -> None:
+    """Linux: this worker is killed when the process that started it dies (even by SIGKILL), so
+    no worker outlives a killed run (holding its pipes or writing on)."""
+    import signal
+
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the call above
+        os._exit(1)
 
 
 def _run(chunk: Chunk) -> Result:
@@ -76,7 +94,8 @@ class LocalEngine:
         if self.workers > 1 and self._pool is None:
             methods = mp.get_all_start_methods()
             ctx = mp.get_context("fork" if "fork" in methods else None)
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init, initargs=(self.work,))
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init,
+                                             initargs=(self.work, os.getpid()))
             self._pool.submit(_noop).result()  # launches every worker
         return self
 
