@@ -358,13 +358,20 @@ class _Reader:
     (uncompressed, seekable streams), used to skip data that is not wanted."""
 
     def __init__(self, more: Callable[[], bytes], seek: Callable[[int], object] | None = None,
-                 size: int | None = None):
-        self.more = more
+                 size: int | None = None, read: Callable[[int], bytes] | None = None, chunk: int = 1 << 16):
+        self.more = more if read is None else self._adaptive
         self.seek = seek
         self.size = size
+        self._read, self._chunk, self._step = read, chunk, chunk
         self.buf = b""
         self.pos = 0  # position in buf
         self.base = 0  # absolute offset of buf[0]
+
+    def _adaptive(self) -> bytes:
+        """Read-ahead that starts small after a seek (a header) and doubles while reading on."""
+        piece = self._read(self._step)
+        self._step = min(self._chunk, self._step * 2)
+        return piece
 
     def skip(self, n: int) -> None:
         """Move ``n`` bytes forward without keeping them."""
@@ -375,6 +382,7 @@ class _Reader:
         target = self.offset + n
         if self.seek is not None:
             self.seek(target)
+            self._step = 4096
         else:
             left = n - avail
             while left > 0:
@@ -426,10 +434,10 @@ def iter_tar(stream: BinaryIO, origin: str, *, compressed: str | None = None, ch
     regular file's bytes (default: all). ``seekable`` (an uncompressed stream at offset 0 of
     ``size`` bytes): data that is not kept is skipped by seeking. Checksums are checked before a
     member is yielded."""
-    seek = None
     if seekable and compressed is None:
-        seek = stream.seek
-    rd = _Reader(_chunks_of(stream, compressed, chunk), seek, size)
+        rd = _Reader(None, stream.seek, size, read=stream.read, chunk=chunk)
+    else:
+        rd = _Reader(_chunks_of(stream, compressed, chunk), None, size)
     pending: list[Entry] = []
     headers: list[bytes] = []
     offsets: list[int] = []

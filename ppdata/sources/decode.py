@@ -109,6 +109,8 @@ class Decode:
             object.__setattr__(self, "crop", _size(self.crop, "crop"))
         if self.interpolation is not None and self.interpolation not in INTERPOLATIONS:
             raise PpdataError(f"interpolation {self.interpolation!r} is not one of {', '.join(INTERPOLATIONS)}")
+        if self.resize is not None and self.interpolation is None:  # the default, made explicit
+            object.__setattr__(self, "interpolation", "bilinear" if isinstance(self.resize, int) else "lanczos")
         if self.decoder not in DECODERS:
             raise PpdataError(f"decoder {self.decoder!r} is not one of {', '.join(DECODERS)}")
         if isinstance(self.max_pixels, bool) or not isinstance(self.max_pixels, int) or self.max_pixels < 1:
