@@ -289,3 +289,65 @@ def test_a_changed_source_is_an_error_naming_the_image(tmp_path):
         open_source_as(m, "folder", root)
     r = ppdata("preview", tmp_path / "v", "--plain", "folder", root, "-o", tmp_path / "p.png")
     assert r.exit_code == 1 and "image names differ" in r.output
+
+
+# ---------------------------------------------------------------------------------------------
+# the fast tar stream reader against tarfile
+
+
+def _odd_tar(fmt) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=fmt) as tf:
+        def add(name, data=b"", kind=None, link=None):
+            ti = tarfile.TarInfo(name)
+            ti.size = 0 if kind else len(data)
+            if kind:
+                ti.type = kind
+            if link:
+                ti.linkname = link
+            tf.addfile(ti, None if kind else io.BytesIO(data))
+
+        add("top/", kind=tarfile.DIRTYPE)
+        add("top/a.jpg", b"x" * 1000)
+        add("top/" + "long" * 40 + "/b.png", b"y" * 513)
+        add("top/ünïcode/é.png", b"z" * 512)
+        add("top/empty.png")
+        add("top/link.png", kind=tarfile.SYMTYPE, link="a.jpg")
+        add("top/hard.png", kind=tarfile.LNKTYPE, link="top/a.jpg")
+        add("top/fifo", kind=tarfile.FIFOTYPE)
+        add("p" * 90 + "/" + "q" * 60 + ".jpg", b"w" * 7)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("fmt", [tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+def test_iter_tar_reads_what_tarfile_reads(fmt):
+    import bz2
+    import gzip
+    import lzma
+
+    from ppdata.archive import ArchiveError, checked_members, iter_tar, member_kind
+
+    data = _odd_tar(fmt)
+    want = [(m.name, member_kind(m), f.read() if f else None) for m, f in checked_members(io.BytesIO(data), "x")]
+    for kind, pack in ((None, bytes), ("gzip", gzip.compress), ("bzip2", bz2.compress), ("xz", lzma.compress)):
+        got = [(e.name, e.kind, e.data) for e in iter_tar(io.BytesIO(pack(data)), "x", compressed=kind, chunk=700)]
+        assert got == want, kind
+    # gzip as gzip reads it: several members, zero padding at the end
+    multi = gzip.compress(data[:5000]) + gzip.compress(data[5000:]) + bytes(100)
+    assert [e.name for e in iter_tar(io.BytesIO(multi), "x", compressed="gzip")] == [w[0] for w in want]
+    # every cut that loses data is an error, in both readers alike
+    end = max(m.offset_data + m.size for m, _ in checked_members(io.BytesIO(data), "x"))
+    complete = -(-end // 512) * 512 + 1024
+    for cut in list(range(1, complete, 211)) + [complete - 1]:
+        with pytest.raises(ArchiveError):
+            list(iter_tar(io.BytesIO(data[:cut]), "x"))
+    gz = gzip.compress(data)
+    for cut in range(1, len(gz), 37):
+        with pytest.raises(ArchiveError):
+            list(iter_tar(io.BytesIO(gz[:cut]), "x", compressed="gzip"))
+    bad = bytearray(data)
+    bad[512 * 4 + 100] ^= 1  # inside a header: its checksum no longer matches
+    with pytest.raises(ArchiveError, match="damaged header"):
+        list(iter_tar(io.BytesIO(bytes(bad)), "x"))
+    with pytest.raises(ArchiveError, match="after its end-of-archive marker"):
+        list(iter_tar(io.BytesIO(data[:complete] + b"\0" * 512 + b"junk"), "x"))

@@ -102,15 +102,24 @@ class RaySession:
 
 def _cause(e: BaseException) -> str:
     """The message of the error a Ray task raised (ppdata's own, when it is one)."""
+    import re
+
     seen = set()
-    c = e
-    while c is not None and id(c) not in seen:
+    stack = [e]
+    while stack:
+        c = stack.pop()
+        if c is None or id(c) in seen:
+            continue
         seen.add(id(c))
         if isinstance(c, PpdataError):
-            return str(c)
-        c = getattr(c, "cause", None) or c.__cause__
-    text = str(e).strip().splitlines()
-    return text[-1] if text else type(e).__name__
+            return str(c).strip().splitlines()[-1]
+        stack += [getattr(c, "cause", None), c.__cause__, c.__context__]
+    found = re.findall(r"PpdataError: (.+)", str(e))
+    if found:
+        return found[-1].strip()
+    lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
+    errs = [ln for ln in lines if re.match(r"^\w+(Error|Exception): ", ln.strip())]
+    return (errs or lines or [type(e).__name__])[-1].strip()
 
 
 def _run_tasks(ray, rows: list[dict], fn, fn_kwargs: dict, workers: int | None, what: str, bar=None):
@@ -275,6 +284,7 @@ def encrypt_ray(source, out, *, splits, scheme, keys, fmt, shard_size, overwrite
     from ..pipeline import open_output
     from ..sources.base import identity_expand
 
+    _ray()  # a missing Ray is named before anything else
     if fmt != "webdataset":
         raise PpdataError("--engine ray writes WebDataset tar shards (one per task); HDF5 is one file per split: "
                           "use the local engine for --format hdf5")
@@ -485,6 +495,7 @@ def augment_ray(directory, out, *, variants, fill, seed, split, shard_size, over
     from ..shards.manifest import augment_entry, new_manifest
     from ..variants import check_variants, describe, variant_set
 
+    _ray()
     src = str(directory)
     parent, parent_sha = read_manifest_at(src)
     in_place = out is None
