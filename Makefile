@@ -44,6 +44,7 @@ bench: setup
 	$(PY) bench/encrypt.py
 	$(PY) bench/schemes.py
 	$(PY) bench/augment.py
+	$(PY) bench/scale.py
 
 clean:
 	rm -rf $(DEMO) .pytest_cache build *.egg-info

@@ -505,6 +505,11 @@ def augment(obj, directory, out, split, flip, shift, shifts, fill, seed, shard_s
     else:
         if ray_address or workers:
             raise click.UsageError("--ray-address and --workers go with --engine ray")
+        from .remote import is_url
+
+        if is_url(directory) or (out is not None and is_url(out)):
+            raise click.UsageError("folders at URLs are expanded with --engine ray (a local Ray starts when no "
+                                   "--ray-address is given)")
         m = augment_folder(directory, out, variants=variants, fill=fill, seed=seed, split=split,
                            shard_size=shard_size, overwrite=overwrite, link=not copy_splits,
                            resident_bytes=memory << 20, progress=not obj.quiet, verify=not no_verify)
