@@ -197,6 +197,10 @@ def run_chunk(work: Work, chunk: Chunk) -> Result:
     if work.scheme is not None:
         scheme, stream = _crypto(work)
         if scheme.encrypted:
+            try:
+                scheme.check_shape(images.shape[1:])
+            except ValueError as e:  # e.g. blocks that do not divide the image
+                raise PpdataError(f"{scheme.name}: {e}") from None
             images = scheme.encrypt(images, scheme.derive_keys(stream, chunk.split, kidx, images.shape[1:]))
     res.index = batch.index
     res.keys = list(names)
