@@ -428,16 +428,25 @@ class _Reader:
 
 def iter_tar(stream: BinaryIO, origin: str, *, compressed: str | None = None, chunk: int = 4 << 20,
              data: Callable[[str], bool] | None = None, seekable: bool = False,
-             size: int | None = None) -> Iterator[Entry]:
+             size: int | None = None, tee: Callable[[bytes], object] | None = None) -> Iterator[Entry]:
     """Every member of the tar ``stream`` (``compressed``: ``"gzip"``, ``"bzip2"``, ``"xz"`` or None),
     then the end-of-archive checks of the module docstring. ``data(name)``: whether to keep a
     regular file's bytes (default: all). ``seekable`` (an uncompressed stream at offset 0 of
-    ``size`` bytes): data that is not kept is skipped by seeking. Checksums are checked before a
-    member is yielded."""
+    ``size`` bytes): data that is not kept is skipped by seeking. ``tee(piece)``: called with
+    every piece of the uncompressed archive, in order. Checksums are checked before a member is
+    yielded; an ``Entry``'s offset is its data's position in the uncompressed archive."""
     if seekable and compressed is None:
         rd = _Reader(None, stream.seek, size, read=stream.read, chunk=chunk)
     else:
-        rd = _Reader(_chunks_of(stream, compressed, chunk), None, size)
+        more = _chunks_of(stream, compressed, chunk)
+        if tee is not None:
+            inner = more
+
+            def more():
+                piece = inner()
+                tee(piece)
+                return piece
+        rd = _Reader(more, None, size)
     pending: list[Entry] = []
     headers: list[bytes] = []
     offsets: list[int] = []

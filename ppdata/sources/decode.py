@@ -225,9 +225,30 @@ def finish(img: Image.Image, d: Decode) -> np.ndarray:
     return a
 
 
+_MAGIC_FORMATS = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF8", "GIF"), (b"BM", "BMP"))
+
+
+def _formats(src) -> list[str] | None:
+    """The format to try first, from the file's magic bytes (Pillow otherwise tries its plugins
+    one after another, which costs more than decoding a small JPEG)."""
+    if isinstance(src, io.BytesIO):
+        head = src.getbuffer()[:8].tobytes()
+        for magic, fmt in _MAGIC_FORMATS:
+            if head.startswith(magic):
+                return [fmt]
+    return None
+
+
 def _open_checked(src, max_pixels: int) -> Image.Image:
     try:
-        img = Image.open(src)
+        formats = _formats(src)
+        try:
+            img = Image.open(src, formats=formats)
+        except UnidentifiedImageError:
+            if formats is None:
+                raise
+            src.seek(0)
+            img = Image.open(src)  # not what its first bytes say: let every plugin try
     except Image.DecompressionBombError as e:
         raise ImageTooLarge(f"{e}; the limit is {max_pixels:,} pixels") from None
     w, h = img.size

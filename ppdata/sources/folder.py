@@ -3,7 +3,8 @@ embedded sample.
 
 ``folder PATH [PATH ...]``: an ImageFolder tree given as a directory, a plain ``.tar`` (listed by
 seeking from header to header; members are read by offset, by any process) or a compressed
-``.tar.gz`` / ``.tar.bz2`` / ``.tar.xz`` (read as one stream, never extracted), on a local disk or
+``.tar.gz`` / ``.tar.bz2`` / ``.tar.xz`` (read as one stream, never extracted to disk; kept
+uncompressed in memory between the listing and the reading when it fits ``SPOOL_BYTES``), on a local disk or
 at a URL (``s3://``, ``gs://``, ``http(s)://`` for archives; see ``ppdata.remote``). Several paths
 (e.g. ``train.tar.gz test.tar.gz``) are joined, each split coming from one of them
 (``MultiFolderSource``).
@@ -71,8 +72,9 @@ def _layout(paths: list[str], origin: str) -> tuple[list[_Entry], bool]:
 
 
 def _is_image(name: str) -> bool:
-    base = PurePosixPath(name).name
-    return not base.startswith(".") and PurePosixPath(base).suffix.lower() in IMAGE_EXTENSIONS
+    base = name.rstrip("/").rpartition("/")[2]
+    stem, dot, ext = base.rpartition(".")
+    return bool(dot and stem) and not base.startswith(".") and "." + ext.lower() in IMAGE_EXTENSIONS
 
 
 def _unsafe_member(name: str) -> bool:
@@ -119,6 +121,7 @@ class FolderSource(Source):
         self.archive = is_tar_name(self.location) if self.url else _is_archive(Path(self.location))
         self.compressed: str | None = None
         self._tarfile_only = False
+        self._plain: bytes | None = None  # a compressed archive, uncompressed, when it is small
         if not self.url:
             p = Path(self.location)
             if not p.exists():
@@ -171,12 +174,16 @@ class FolderSource(Source):
                 size = size_of(self.location) if self.url else os.fstat(f.fileno()).st_size
                 members = [(m.name, m.kind, m) for m in index_tar(f, self.location, size)]
             else:
+                spool = _Spool(SPOOL_BYTES)
                 try:
-                    members = [(e.name, e.kind, None) for e in iter_tar(f, self.location, compressed=self.compressed,
-                                                                        data=lambda name: False)]
+                    members = [(e.name, e.kind, e) for e in iter_tar(f, self.location, compressed=self.compressed,
+                                                                     data=lambda name: False, tee=spool.add)]
                 except Unsupported:
                     self._tarfile_only = True
                     members = self._list_tarfile()
+                else:
+                    # small enough: the uncompressed archive stays in memory and is not decompressed again
+                    self._plain = spool.value()
         members = [(n, k, m) for n, k, m in members if _is_image(n) and k != "directory"]
         bad = next((n for n, _, _ in members if _unsafe_member(n)), None)
         if bad is not None:
@@ -248,6 +255,13 @@ class FolderSource(Source):
                 yield Item(i, label[e.cls], self.origin(e.path), e.path, skip=e.skip,
                            ref=None if e.skip else Ref(self.location, m.offset, m.size))
             return
+        if self._plain is not None:
+            buf = self._plain
+            for i, e in enumerate(entries):
+                m = e.member
+                yield Item(i, label[e.cls], self.origin(e.path), e.path, skip=e.skip,
+                           data=None if e.skip else buf[m.offset:m.offset + m.size])
+            return
         yield from self._stream_items(split, entries)
 
     def _stream_items(self, split: str, entries: list[_Entry]) -> Iterator[Item]:
@@ -315,6 +329,38 @@ class FolderSource(Source):
             raise PpdataError(f"cannot read image {origin}: {reason}")
         log.warning("skipping unreadable image %s: %s", origin, reason)
         self.skipped.append(Skipped(split, index, path, reason))
+
+
+def _spool_bytes() -> int:
+    """How much of a compressed archive's uncompressed bytes to keep in memory: 2 GiB, at most an
+    eighth of the machine's memory."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        total = 8 << 30
+    return int(min(2 << 30, total // 8))
+
+
+SPOOL_BYTES = _spool_bytes()
+
+
+class _Spool:
+    """Collects pieces up to ``cap`` bytes; ``value()`` is all of them, or None past the cap."""
+
+    def __init__(self, cap: int):
+        self.cap, self.parts, self.n = cap, [], 0
+
+    def add(self, piece: bytes) -> None:
+        if self.parts is None:
+            return
+        self.n += len(piece)
+        if self.n > self.cap:
+            self.parts = None
+        else:
+            self.parts.append(piece)
+
+    def value(self) -> bytes | None:
+        return None if self.parts is None else b"".join(self.parts)
 
 
 class _decompressed:
