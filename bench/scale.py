@@ -102,7 +102,8 @@ def limit_main(src: str, decoder: str, workers: int, resize=None, chunk: int = 2
         if os.path.isdir(src):
             for dirpath, _, files in sorted(os.walk(src)):
                 for f in sorted(files):
-                    yield os.path.join(dirpath, f)
+                    if f.endswith((".jpg", ".jpeg", ".png")):
+                        yield os.path.join(dirpath, f)
             return
         with open(src, "rb") as f:
             for e in iter_tar(f, src, compressed=compression(src)):
@@ -426,6 +427,9 @@ def main() -> None:
               f"{r_old['wall'] / r_new['wall']:.2f}x faster than the previous ppdata; one process: "
               f"{r_w1['wall'] / r_new['wall']:.2f}x slower than all cores.", ""]
 
+    print("\n".join(lines), flush=True)
+    shown = len(lines)
+
     # -- photos ----------------------------------------------------------------------------------
     lines += ["## Larger photos", "",
               f"Generated from scenes96 (see `make_photos`): {args.photos} full-size JPEGs "
@@ -459,6 +463,9 @@ def main() -> None:
         photo_rows.append((label, r, ref))
     lines += ["", "Time / limit is against the last limit row of each set (the work ppdata must do at least).", ""]
 
+    print("\n".join(lines[shown:]), flush=True)
+    shown = len(lines)
+
     # -- per-image costs ------------------------------------------------------------------------------
     cost = per_image_costs(full)
     c224 = per_image_costs(small)
@@ -473,6 +480,9 @@ def main() -> None:
     slope, icpt = cost["decode_fit"]
     lines += ["", f"Pillow decode time against size (least squares over the full-size set): "
               f"{slope * 1e3:.1f} ms per megapixel + {icpt * 1e3:.2f} ms. Load: {load()}.", ""]
+
+    print("\n".join(lines[shown:]), flush=True)
+    shown = len(lines)
 
     # -- ray ----------------------------------------------------------------------------------------
     if not args.skip_ray:
@@ -501,6 +511,9 @@ def main() -> None:
         lines += [""]
     else:
         per_img = None
+
+    print("\n".join(lines[shown:]), flush=True)
+    shown = len(lines)
 
     # -- estimate --------------------------------------------------------------------------------------
     mp_imnet = 0.18  # assumed: ImageNet-1k train images average about 0.18 MP (~470 x 390 px)

@@ -138,9 +138,8 @@ def cli(ctx, quiet):
               help="Resampling of --resize (default: lanczos for HxW, bilinear for S).")
 @click.option("--decoder", type=click.Choice(["auto", "pillow", "torchvision"]), default="auto", show_default=True,
               help="JPEG decoder: torchvision.io (libjpeg-turbo) for plain JPEGs where it gives Pillow's pixels "
-                   "(checked on each worker's first images), Pillow for the rest; auto: torchvision only when "
-                   "it is already loaded (the ppdata command never loads it: its import costs more than it saves "
-                   "on most runs; see docs/scale.md).")
+                   "(checked on each worker's first images), Pillow for the rest; auto: torchvision for runs of "
+                   "100,000 images or more (its import costs seconds of CPU; see docs/scale.md), else Pillow.")
 @click.option("--workers", type=click.IntRange(min=1), help="Processes that decode and encrypt (default: all cores; "
                                                             "with --engine ray: Ray tasks at once).")
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,

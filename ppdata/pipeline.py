@@ -108,6 +108,10 @@ def encrypt(
     if engine != "local":
         raise PpdataError(f"unknown engine {engine!r}; expected local or ray")
 
+    if settings is not None and settings.decoder == "auto":
+        from .sources.decode import resolve_decoder
+
+        settings = settings.with_decoder(resolve_decoder(settings, sum(source.count(sp) or 0 for sp in splits)))
     work = Work(decode=settings, scheme=scheme.describe() if scheme.encrypted else None,
                 secret=keys.secret if keys is not None else None, mode=keys.mode if keys is not None else "independent",
                 derivation=keys.derivation if keys is not None else 2,
@@ -120,7 +124,7 @@ def encrypt(
                 decoders[k] = decoders.get(k, 0) + v
             manifest["splits"][sp] = info
         if settings is not None:
-            manifest["decode"]["decoder_requested"] = settings.decoder
+            manifest["decode"]["decoder_requested"] = source.decode.decoder
             manifest["decode"]["decoder"] = "torchvision" if decoders.get("torchvision") else "pillow"
         manifest.pop("_shape_origin", None)
         manifest["engine"] = {"name": "local", "workers": eng.workers}

@@ -90,8 +90,16 @@ class LocalEngine:
         self._pool: ProcessPoolExecutor | None = None
 
     def start(self) -> "LocalEngine":
-        """Fork the workers now (before the caller starts threads)."""
+        """Fork the workers now (before the caller starts threads). With ``--decoder torchvision``
+        torchvision is imported first, here, so that its import (seconds of CPU) is paid once and
+        shared by every worker, not once per worker."""
         if self.workers > 1 and self._pool is None:
+            d = self.work.decode
+            if d is not None and d.decoder == "torchvision":
+                try:
+                    import torchvision.io  # noqa: F401
+                except ImportError:
+                    pass  # the workers name the missing extra
             methods = mp.get_all_start_methods()
             ctx = mp.get_context("fork" if "fork" in methods else None)
             self._pool = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init,

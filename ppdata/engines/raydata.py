@@ -296,7 +296,10 @@ def encrypt_ray(source, out, *, splits, scheme, keys, fmt, shard_size, overwrite
         if getattr(p, "compressed", None):
             raise PpdataError(f"{p.location} is a compressed archive, one stream that only one process can read; "
                               f"for --engine ray give a directory or an uncompressed .tar (e.g. gunzip it first)")
-    work = Work(decode=source.decode, scheme=scheme.describe() if scheme.encrypted else None,
+    from ..sources.decode import resolve_decoder
+
+    settings = source.decode.with_decoder(resolve_decoder(source.decode, sum(source.count(sp) or 0 for sp in splits)))
+    work = Work(decode=settings, scheme=scheme.describe() if scheme.encrypted else None,
                 secret=keys.secret if keys is not None else None,
                 mode=keys.mode if keys is not None else "independent",
                 derivation=keys.derivation if keys is not None else 2,

@@ -88,8 +88,8 @@ class Decode:
     ``resize``: None, ``(H, W)`` (squash) or an int S (shorter side to S). ``crop``: None or
     ``(H, W)``, the centre crop after resizing. ``interpolation``: a name of ``INTERPOLATIONS``
     (default: lanczos for (H, W), bilinear for S). ``decoder``: pillow, torchvision, or auto
-    (torchvision when it is already imported in this process, so costs nothing to load, and
-    gives Pillow's pixels; else Pillow). ``max_pixels``: the decompression-bomb limit.
+    (``resolve_decoder``: torchvision when it is already loaded or the run is large enough to pay
+    for its import; else Pillow). ``max_pixels``: the decompression-bomb limit.
     """
 
     resize: tuple[int, int] | int | None = None
@@ -333,6 +333,20 @@ def torchvision_available() -> bool:
 
 def torchvision_loaded() -> bool:
     return "torchvision.io" in sys.modules or "torchvision" in sys.modules
+
+
+AUTO_MIN_IMAGES = 100_000  # from bench/results/scale-*.md: torchvision's import pays off beyond this
+
+
+def resolve_decoder(d: Decode, n_images: int) -> str:
+    """What ``decoder="auto"`` means for a run of ``n_images``: torchvision when it is already
+    loaded (free), or importable and the run holds at least ``AUTO_MIN_IMAGES`` images (its
+    import, seconds of CPU, is then paid back by its cheaper decoding); else Pillow."""
+    if d.decoder != "auto":
+        return d.decoder
+    if torchvision_loaded() or (n_images >= AUTO_MIN_IMAGES and torchvision_available()):
+        return "torchvision"
+    return "pillow"
 
 
 class TorchvisionJpeg:
