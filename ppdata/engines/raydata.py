@@ -322,11 +322,9 @@ def encrypt_ray(source, out, *, splits, scheme, keys, fmt, shard_size, overwrite
                 raise PpdataError(f"split {sp} has images of shape {shape}, others {tuple(manifest['shape'])}")
             items = list(source.items(sp))
             per = max(1, shard_size // _expansion(manifest, sp))
-            rows = []
-            for k, a in enumerate(range(0, len(items), per)):
-                name = shard_name(sp, k)
-                folder.claim(*([] if remote else [name + ".part"]), name)
-                rows.append({"split": sp, "shard": k, "name": name, "items": pickle.dumps(items[a:a + per])})
+            rows = [{"split": sp, "shard": k, "name": shard_name(sp, k), "items": pickle.dumps(items[a:a + per])}
+                    for k, a in enumerate(range(0, len(items), per))]
+            folder.claim(*[n for r in rows for n in ([r["name"]] if remote else [r["name"] + ".part", r["name"]])])
             bar = tqdm(total=len(items), desc=f"encrypt {sp} (ray)", unit="img", disable=not progress, leave=False)
             try:
                 results = _run_tasks(ray, rows, _encrypt_task,
@@ -562,11 +560,9 @@ def augment_ray(directory, out, *, variants, fill, seed, split, shard_size, over
                     _remove(target, s["name"])
             if not in_place:
                 entry["carried"] = _carry(src, parent, split, folder, remote)
-            rows = []
-            for k, a in enumerate(range(0, n * V, shard_size)):
-                name = shard_name(out_split, k)
-                folder.claim(*([] if remote else [name + ".part"]), name)
-                rows.append({"shard": k, "name": name, "perm": perm[a:a + shard_size].tobytes()})
+            rows = [{"shard": k, "name": shard_name(out_split, k), "perm": perm[a:a + shard_size].tobytes()}
+                    for k, a in enumerate(range(0, n * V, shard_size))]
+            folder.claim(*[n for r in rows for n in ([r["name"]] if remote else [r["name"] + ".part", r["name"]])])
             bar = tqdm(total=n * V, desc=f"augment {split} (ray)", unit="img", disable=not progress, leave=False)
             try:
                 results = _run_tasks(ray, rows, _augment_task,
