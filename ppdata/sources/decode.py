@@ -55,7 +55,7 @@ INTERPOLATIONS = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampl
                   "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS,
                   "box": Image.Resampling.BOX, "hamming": Image.Resampling.HAMMING}
 DECODERS = ("auto", "pillow", "torchvision")
-PROBE_IMAGES = 64
+PROBE_IMAGES = 8
 
 
 class ImageTooLarge(ValueError):
