@@ -44,6 +44,7 @@ bench: setup
 	$(PY) bench/encrypt.py
 	$(PY) bench/schemes.py
 	$(PY) bench/augment.py
+	$(PY) bench/scale.py
 
 # The GPU check (docs/train.md): on a fresh machine with one GPU, in at most 8 minutes, CIFAR-10 shards
 # (plain, NP+CS), the fast recipe on both, a 1-process torchrun DDP smoke and the streaming feed ratio;

@@ -49,18 +49,20 @@ def _errors(f):
     return wrapper
 
 
-def _parse_size(value: str | None) -> tuple[int, int] | None:
+def _parse_size(value: str | None, option: str = "--resize", side: bool = False):
+    """``HxW`` -> (H, W); with ``side``, also a single ``S`` (the shorter side) -> S."""
     if value is None:
         return None
     try:
-        h, w = (int(v) for v in value.lower().split("x"))
-        if h < 1 or w < 1:
+        parts = [int(v) for v in value.lower().split("x")]
+        if len(parts) not in ((1, 2) if side else (2,)) or min(parts) < 1:
             raise ValueError
     except ValueError:
-        raise click.BadParameter(f"{value!r} is not HxW (e.g. 32x32)", param_hint="--resize") from None
-    if max(h, w) > MAX_SIDE:
-        raise click.BadParameter(f"{value!r}: each side must be at most {MAX_SIDE} pixels", param_hint="--resize")
-    return h, w
+        what = "HxW (e.g. 224x224) or S (the shorter side, e.g. 256)" if side else "HxW (e.g. 224x224)"
+        raise click.BadParameter(f"{value!r} is not {what}", param_hint=option) from None
+    if max(parts) > MAX_SIDE:
+        raise click.BadParameter(f"{value!r}: each side must be at most {MAX_SIDE} pixels", param_hint=option)
+    return parts[0] if len(parts) == 1 else tuple(parts)
 
 
 def _check_split_option(split: str | None) -> None:
@@ -128,7 +130,22 @@ def cli(ctx, quiet):
               show_default=True)
 @click.option("--shard-size", type=click.IntRange(min=1), default=10000, show_default=True,
               help="Samples per tar shard.")
-@click.option("--resize", help="Resize every image to HxW (folder sources with mixed sizes).")
+@click.option("--resize", metavar="HxW|S",
+              help="HxW: squash every image to HxW (Lanczos). S: shorter side to S, aspect kept (bilinear; "
+                   "torchvision's Resize(S)). For folder sources with mixed sizes.")
+@click.option("--crop", metavar="HxW", help="Centre crop to HxW after --resize (torchvision's CenterCrop).")
+@click.option("--interpolation", type=click.Choice(["nearest", "bilinear", "bicubic", "lanczos", "box", "hamming"]),
+              help="Resampling of --resize (default: lanczos for HxW, bilinear for S).")
+@click.option("--decoder", type=click.Choice(["auto", "pillow", "torchvision"]), default="auto", show_default=True,
+              help="JPEG decoder: torchvision.io (libjpeg-turbo) for plain JPEGs where it gives Pillow's pixels "
+                   "(checked on each worker's first images), Pillow for the rest; auto: torchvision for runs of "
+                   "100,000 images or more (its import costs seconds of CPU; see docs/scale.md), else Pillow.")
+@click.option("--workers", type=click.IntRange(min=1), help="Processes that decode and encrypt (default: all cores; "
+                                                            "with --engine ray: Ray tasks at once).")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: worker processes on this machine; ray: Ray Data tasks on a cluster "
+                   "(pip install 'ppdata[ray]'; see docs/scale.md).")
+@click.option("--ray-address", metavar="ADDR", help="The Ray cluster to join (default: RAY_ADDRESS, else a local Ray).")
 @click.option("--max-pixels", type=click.IntRange(min=1), default=MAX_PIXELS, show_default=True,
               help="Skip (and count) images whose header announces more pixels than this (decompression bombs).")
 @click.option("--root", default="data", show_default=True, help="Where torchvision datasets live.")
@@ -143,18 +160,22 @@ def cli(ctx, quiet):
 @click.pass_obj
 @_errors
 def encrypt(obj, source, path, out, split, key_mode, key_file, keep_keys, seed, cs, plain, scheme, block_size,
-            fmt, shard_size, resize, max_pixels, root, download, strict, overwrite, batch_size, augment_spec):
+            fmt, shard_size, resize, crop, interpolation, decoder, workers, engine, ray_address, max_pixels, root,
+            download, strict, overwrite, batch_size, augment_spec):
     """Encrypt SOURCE into sharded archives, every image under its own key by default.
 
     SOURCE is cifar10, cifar100, stl10 (torchvision, --root/--download), folder PATH... (an
-    ImageFolder directory or .tar/.tar.gz archive of one; several are joined, one split each)
-    or sample (embedded, offline).
+    ImageFolder directory or .tar/.tar.gz archive of one, local or s3://, gs://, https://;
+    several are joined, one split each) or sample (embedded, offline). --out may be a local
+    folder or s3:// / gs://; the keystore is always a local file.
     Sample keys are <split>_<index:06d> in source order.
 
     \b
     Examples:
       ppdata encrypt cifar10 --keys independent --cs            # writes shards/
       ppdata encrypt folder photos.tar.gz --split test --cs --out v/ --keep-keys ~/keys/v.json
+      ppdata encrypt folder imagenet/ --resize 256 --crop 224x224 --cs --out s3://bucket/in224/
+      ppdata encrypt folder s3://bucket/photos/ --resize 256 --crop 224x224 --engine ray --out s3://bucket/v/
       ppdata encrypt folder cifar10-jpeg/train.tar.gz cifar10-jpeg/test.tar.gz --cs --out s/
       ppdata encrypt sample --keys same --key-file ~/keys/k.json --out same/
       ppdata encrypt sample --plain --out plain/
@@ -166,7 +187,8 @@ def encrypt(obj, source, path, out, split, key_mode, key_file, keep_keys, seed, 
     from .pipeline import encrypt as run
     from .sources import open_source
 
-    size = _parse_size(resize)
+    size = _parse_size(resize, side=True)
+    crop_size = _parse_size(crop, "--crop")
     _check_split_option(split)
     if plain:
         for name, v in (("--cs", cs), ("--key-file", key_file), ("--keep-keys", keep_keys), ("--seed", seed is not None),
@@ -213,15 +235,23 @@ def encrypt(obj, source, path, out, split, key_mode, key_file, keep_keys, seed, 
         except ValueError as e:
             raise click.BadParameter(str(e), param_hint="--augment") from None
         expand, extra = plain_expand(variants, fill), {"augment": plain_manifest_entry(variants, fill)}
-    src = open_source(source, path, split=split, root=root, download=download, resize=size, strict=strict,
-                      max_pixels=max_pixels)
+    from .sources import Decode
+
+    settings = Decode(resize=size, crop=crop_size, interpolation=interpolation, decoder=decoder, max_pixels=max_pixels)
+    if interpolation and size is None:
+        raise click.UsageError("--interpolation applies to --resize")
+    if ray_address and engine != "ray":
+        raise click.UsageError("--ray-address goes with --engine ray")
+    src = open_source(source, path, split=split, root=root, download=download, strict=strict, decode=settings)
     if augment_spec and "train" not in src.select_splits(split):
         raise click.UsageError("--augment expands the train split, which this run does not encrypt")
     manifest = run(src, out, scheme=sch, keys=stream, fmt=fmt, split=split, shard_size=shard_size,
                    overwrite=overwrite, keystore=keep_keys, seeded=seeded, batch_size=batch_size,
-                   extra_options={"resize": list(size) if size else None, "strict": strict,
+                   extra_options={"resize": list(size) if isinstance(size, tuple) else size,
+                                  "crop": list(crop_size) if crop_size else None, "strict": strict,
                                   "max_pixels": max_pixels, "exif_orientation": "applied"},
-                   progress=not obj.quiet, **({"expand": expand, "extra_manifest": extra} if expand else {}))
+                   progress=not obj.quiet, workers=workers, engine=engine, ray_address=ray_address,
+                   **({"expand": expand, "extra_manifest": extra} if expand else {}))
     _summary(out, manifest)
     if not plain and key_mode == "independent" and not keep_keys:
         log.info("keys were not kept (no --keep-keys): nobody, you included, can decrypt %s", out)
@@ -373,6 +403,9 @@ def info(directory, verify, as_json):
 def preview(directory, plain_path, output, split, count, plain_source, root, cols):
     """Write a contact sheet of a shard folder; with --plain, originals beside encrypted images.
 
+    The originals are rebuilt as the folder's manifest says they were encrypted (resize, crop,
+    decoder): no --resize to type again. A source that no longer matches is an error naming it.
+
     \b
     Examples:
       ppdata preview shards/ -o grid.png
@@ -380,7 +413,7 @@ def preview(directory, plain_path, output, split, count, plain_source, root, col
     """
     from .preview import auto_scale, grid, pairs, save_png
     from .shards import ShardSet, read_manifest
-    from .sources import open_source, originals
+    from .sources import open_source_as, originals
 
     m = read_manifest(directory)
     split = split or ("test" if "test" in m["splits"] else next(iter(m["splits"])))
@@ -388,7 +421,8 @@ def preview(directory, plain_path, output, split, count, plain_source, root, col
     shown = ss.head(min(count, len(ss)))
     images = shown.images
     if plain_source:
-        src = open_source(plain_source, plain_path, split=split, root=root)
+        # the originals as they were encrypted: resize, crop, decoder from the manifest
+        src = open_source_as(m, plain_source, plain_path, split=split, root=root)
         images = pairs(originals(src, split, shown.keys), images)
         cols = cols + cols % 2
     sheet = grid(images, cols=cols, scale=auto_scale(ss.shape[0]))
@@ -425,10 +459,16 @@ def preview(directory, plain_path, output, split, count, plain_source, root, col
 @click.option("--overwrite", is_flag=True, help="Replace ppdata's files in a non-empty --out.")
 @click.option("--no-verify", is_flag=True, help="Skip the sha256 check of the shards read (counts, shapes and "
                                                 "structure are still checked).")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: this process; ray: Ray Data tasks on a cluster, one output shard per task, DIRECTORY "
+                   "and --out on a shared file system or s3:// (pip install 'ppdata[ray]'; see docs/scale.md).")
+@click.option("--ray-address", metavar="ADDR", help="The Ray cluster to join (default: RAY_ADDRESS, else a local Ray).")
+@click.option("--workers", type=click.IntRange(min=1), help="With --engine ray: Ray tasks at once (default: the "
+                                                            "cluster's CPUs).")
 @click.pass_obj
 @_errors
 def augment(obj, directory, out, split, flip, shift, shifts, fill, seed, shard_size, copy_splits, memory,
-            overwrite, no_verify):
+            overwrite, no_verify, engine, ray_address, workers):
     """Expand the train split of an (encrypted) shard folder by flips and shifts, without any key.
 
     Every image becomes all combinations of the flips and the translations (default: the paper's
@@ -445,6 +485,7 @@ def augment(obj, directory, out, split, flip, shift, shifts, fill, seed, shard_s
       ppdata augment shards/ --no-flip --out shift-only/
       ppdata augment shards/ --shift 0 --out flip-only/
       ppdata augment shards/ --shifts diagonal --out diag/   # the earlier reading (+-4, +-4)
+      ppdata augment s3://bucket/v/ --engine ray --ray-address auto  # on a Ray cluster, in place
     """
     from .augment import augment_folder
     from .variants import SHIFT_SETS, parse_shifts, variant_set
@@ -454,9 +495,23 @@ def augment(obj, directory, out, split, flip, shift, shifts, fill, seed, shard_s
                                shifts=shifts if shifts in SHIFT_SETS else parse_shifts(shifts))
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--shifts/--shift/--flip") from None
-    m = augment_folder(directory, out, variants=variants, fill=fill, seed=seed, split=split,
-                       shard_size=shard_size, overwrite=overwrite, link=not copy_splits,
-                       resident_bytes=memory << 20, progress=not obj.quiet, verify=not no_verify)
+    if engine == "ray":
+        from .engines.raydata import augment_ray
+
+        m = augment_ray(directory, out, variants=variants, fill=fill, seed=seed, split=split, shard_size=shard_size,
+                        overwrite=overwrite, progress=not obj.quiet, verify=not no_verify, workers=workers,
+                        address=ray_address)
+    else:
+        if ray_address or workers:
+            raise click.UsageError("--ray-address and --workers go with --engine ray")
+        from .remote import is_url
+
+        if is_url(directory) or (out is not None and is_url(out)):
+            raise click.UsageError("folders at URLs are expanded with --engine ray (a local Ray starts when no "
+                                   "--ray-address is given)")
+        m = augment_folder(directory, out, variants=variants, fill=fill, seed=seed, split=split,
+                           shard_size=shard_size, overwrite=overwrite, link=not copy_splits,
+                           resident_bytes=memory << 20, progress=not obj.quiet, verify=not no_verify)
     new = f"{split}x{len(variants)}" if out is None else split
     a = m["splits"][new].get("augment") or m["augment"]
     where = f"{directory}: added split {new}" if out is None else f"{out}: {split}"

@@ -2,8 +2,9 @@
 
 ``pip install ppdata`` is the client (numpy, pillow, click, tqdm, h5py, webdataset,
 cryptography). ``ppdata[train]`` adds PyTorch for ``python -m train.*``; ``ppdata[attack]`` adds
-PyTorch, scikit-image and scipy for the ``attack`` package and ``ppdata audit``; ``ppdata[all]``
-is both. ``require(extra, modules, what)`` is called by a package that needs an extra: a missing
+PyTorch, scikit-image and scipy for the ``attack`` package and ``ppdata audit``; ``ppdata[ray]``
+adds Ray Data for ``--engine ray``; ``ppdata[remote]`` adds fsspec and s3fs for ``s3://`` (and
+``http(s)://``) sources and outputs; ``ppdata[all]`` is all of them. ``require(extra, modules, what)`` is called by a package that needs an extra: a missing
 module becomes one line naming the ``pip install`` to run.
 """
 from __future__ import annotations
@@ -14,6 +15,8 @@ import sys
 EXTRAS = {
     "train": ("torch", "torchvision"),
     "attack": ("torch", "torchvision", "skimage", "scipy"),
+    "ray": ("ray",),
+    "remote": ("fsspec",),
 }
 
 

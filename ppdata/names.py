@@ -31,9 +31,9 @@ from pathlib import Path
 
 from .errors import PpdataError
 
-SPLIT_RE = re.compile(r"^[A-Za-z0-9]{1,32}$")
-SAMPLE_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_+-]{0,94}$")
-_SHARD_NUMBER_RE = re.compile(r"^([A-Za-z0-9]{1,32})-(\d{6})\.tar$")
+SPLIT_RE = re.compile(r"^[A-Za-z0-9]{1,32}\Z")
+SAMPLE_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_+-]{0,94}\Z")
+_SHARD_NUMBER_RE = re.compile(r"^([A-Za-z0-9]{1,32})-(\d{6})\.tar\Z")
 
 
 def check_split(name, what: str = "split") -> str:

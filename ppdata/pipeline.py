@@ -1,12 +1,13 @@
 """Whole-dataset jobs: encrypt a source into a shard folder, decrypt a shard folder.
 
-``encrypt`` reads a source batch by batch, derives each image's key from the key stream by its
-index, encrypts, and hands the batch to a writer thread (so encryption, writing and hashing
-overlap on two cores). Memory is bounded by a few batches, whatever the dataset size.
+``encrypt`` cuts a source into chunks of consecutive images; worker processes (the local engine,
+``ppdata.engines``) read, decode and encrypt each chunk, every image under the key of its
+(split, index); this process writes the results in source order through a writer thread (which
+also hashes), so output is the same for any number of workers. Memory is bounded by a few
+chunks in flight, whatever the dataset size. ``engine="ray"`` runs the same work on a Ray cluster.
 """
 from __future__ import annotations
 
-import itertools
 import logging
 from pathlib import Path
 from typing import Callable
@@ -21,6 +22,8 @@ from .keys import DERIVATIONS, Keystore, KeyStream, check_new_keystore, is_insid
 from .names import check_class, check_path_text, check_sample_key, check_split
 from .shards import FORMATS, OutputFolder, ShardSet, WriterThread, make_writer, new_manifest, read_manifest
 from .shards.manifest import augment_entry
+from .engines.local import LocalEngine, accept_skips, chunks_of
+from .engines.work import Chunk, Work
 from .sources import Batch, Source, identity_expand, key_index, sample_key  # noqa: F401 (public here too)
 from .variants import key_indexer as augment_indexer
 
@@ -48,21 +51,33 @@ def encrypt(
     extra_options: dict | None = None,
     extra_manifest: dict | None = None,
     progress: bool = True,
+    workers: int | None = None,
+    engine: str = "local",
+    ray_address: str | None = None,
 ) -> dict:
-    """Encrypt ``source`` into shard folder ``out``; return the manifest.
+    """Encrypt ``source`` into shard folder ``out`` (a local folder or a URL); return the manifest.
 
     keys: the key stream (None for the plain scheme). keystore: where to keep the secret
-    (client side; refused inside ``out``), or None to discard it. seeded: the secret came from
-    a seed (recorded in the manifest: such data is not private). extra_manifest: top-level
-    manifest entries to add (e.g. ``augment`` for plain-domain augmentation, see ``key_indexer``).
+    (client side, a local file; refused inside ``out``), or None to discard it. seeded: the
+    secret came from a seed (recorded in the manifest: such data is not private).
+    extra_manifest: top-level manifest entries to add (e.g. ``augment`` for plain-domain
+    augmentation, see ``key_indexer``). workers: processes that decode and encrypt (default: all
+    cores). engine: ``local`` (worker processes) or ``ray`` (Ray Data on a cluster,
+    ``ray_address``; see ``ppdata.engines.raydata``). Every engine writes the same samples.
     """
-    out = Path(check_path_text(out, "output folder (--out)"))
+    from .remote import is_url
+
+    out_text = check_path_text(out, "output folder (--out)")
+    remote = is_url(str(out_text))
+    out = out_text if remote else Path(out_text)
     if fmt not in FORMATS:
         raise PpdataError(f"unknown --format {fmt!r}; expected one of {', '.join(FORMATS)}")
     if scheme.encrypted and keys is None:
         raise PpdataError("an encrypting scheme needs a key stream")
     if keystore is not None:
-        if is_inside(keystore, out):
+        if is_url(str(keystore)):
+            raise PpdataError(f"the keystore {keystore} must be a local file: keys never leave the client")
+        if not remote and is_inside(keystore, out):
             raise PpdataError(
                 f"refusing to write the keystore {keystore} inside the output folder {out}: "
                 f"the output is uploaded, the keys must stay with the client"
@@ -78,14 +93,40 @@ def encrypt(
     manifest = new_manifest(fmt, source=source.describe(), scheme=scheme.describe(), keys=key_info,
                             shape=None, classes=source.classes, options=options)
     manifest.update(extra_manifest or {})
+    settings = source.decode
+    if settings is not None:
+        manifest["decode"] = settings.to_json()
     if seeded:
         log.warning("keys come from --seed: anybody who knows the seed can decrypt; this data is NOT private")
+    if engine == "ray":
+        from .engines.raydata import encrypt_ray
 
-    with OutputFolder(out, overwrite=overwrite) as folder:
+        return encrypt_ray(source, out, splits=splits, scheme=scheme, keys=keys, fmt=fmt, shard_size=shard_size,
+                           overwrite=overwrite, keystore=keystore, seeded=seeded, expand=expand,
+                           manifest=manifest, progress=progress, workers=workers, address=ray_address)
+    if engine != "local":
+        raise PpdataError(f"unknown engine {engine!r}; expected local or ray")
+
+    if settings is not None and settings.decoder == "auto":
+        from .sources.decode import resolve_decoder
+
+        settings = settings.with_decoder(resolve_decoder(settings, sum(source.count(sp) or 0 for sp in splits)))
+    work = Work(decode=settings, scheme=scheme.describe() if scheme.encrypted else None,
+                secret=keys.secret if keys is not None else None, mode=keys.mode if keys is not None else "independent",
+                derivation=keys.derivation if keys is not None else 2,
+                expand=None if expand is identity_expand else expand)
+    with LocalEngine(work, workers) as eng, open_output(out, overwrite) as folder:
+        decoders: dict = {}
         for sp in splits:
-            info = _encrypt_split(source, sp, folder, scheme, keys, fmt, shard_size, batch_size, expand,
-                                  manifest, progress)
+            info = _encrypt_split(source, sp, folder, eng, scheme, fmt, shard_size, batch_size, manifest, progress)
+            for k, v in info.get("decoded", {}).items():
+                decoders[k] = decoders.get(k, 0) + v
             manifest["splits"][sp] = info
+        if settings is not None:
+            manifest["decode"]["decoder_requested"] = source.decode.decoder
+            manifest["decode"]["decoder"] = "torchvision" if decoders.get("torchvision") else "pillow"
+        manifest.pop("_shape_origin", None)
+        manifest["engine"] = {"name": "local", "workers": eng.workers}
         if keystore is not None:  # never replaces a file (checked above, and again atomically here)
             Keystore(mode=keys.mode, secret=keys.secret, seeded=seeded, scheme=scheme.describe(),
                      dataset=manifest["id"]).save(keystore)
@@ -93,40 +134,106 @@ def encrypt(
     return manifest
 
 
-def _encrypt_split(source, split, folder, scheme, keys, fmt, shard_size, batch_size, expand, manifest, progress):
+def open_output(out, overwrite: bool = False, extend: bool = False, what: str = "--out"):
+    """The output folder of a run: ``OutputFolder`` for a local path, ``remote.RemoteFolder`` for
+    a URL (the same rules; see both)."""
+    from .remote import RemoteFolder, is_url
+
+    if is_url(str(out)):
+        return RemoteFolder(str(out), overwrite=overwrite, extend=extend, what=what)
+    return OutputFolder(out, overwrite=overwrite, extend=extend, what=what)
+
+
+class _Publishing:
+    """A shard writer whose finished files go to a ``RemoteFolder`` as soon as they are complete."""
+
+    def __init__(self, writer, folder):
+        self.writer, self.folder = writer, folder
+        self._done = 0
+
+    def _publish(self) -> None:
+        for s in self.writer.shards[self._done:]:
+            self.folder.publish(s.name)
+        self._done = len(self.writer.shards)
+
+    def write(self, *args) -> None:
+        self.writer.write(*args)
+        self._publish()
+
+    def write_records(self, recs) -> None:
+        self.writer.write_records(recs)
+        self._publish()
+
+    def close(self) -> list:
+        shards = self.writer.close()
+        self._publish()
+        return shards
+
+    def abort(self) -> None:
+        self.writer.abort()
+
+
+def _source_chunks(source: Source, split: str, batch_size: int, shape, learn: list):
+    items = source.items(split)
+    if items is not None:
+        return chunks_of(items, split, shape=shape, learn=learn)
+    return (Chunk(split, batch=b) for b in source.batches(split, batch_size))
+
+
+def _encrypt_split(source, split, folder, eng, scheme, fmt, shard_size, batch_size, manifest, progress):
+    from .remote import RemoteFolder
+
     out = folder.path
     count = 0
     images_in = 0
     skipped_before = len(source.skipped)
+    decoded: dict = {}
+    settings = source.decode
+    shape = tuple(manifest["shape"]) if manifest["shape"] else (settings.shape if settings else None)
+    shape_origin = manifest.get("_shape_origin")
+    learn: list = [shape] if shape else []
     bar = tqdm(total=source.count(split), desc=f"encrypt {split}", unit="img", disable=not progress,
                leave=False)
+    writer = worker = None
     try:
-        batches = iter(source.batches(split, batch_size))
-        first = next(batches, None)
-        if first is None:
+        for res in eng.map(_source_chunks(source, split, batch_size, shape, learn)):
+            accept_skips(source, res)
+            images_in += res.n_in - len(res.skipped)
+            bar.update(res.n_in)
+            for k, v in res.decoded.items():
+                decoded[k] = decoded.get(k, 0) + v
+            if shape is None and res.first is not None:
+                shape, shape_origin = tuple(res.first[1]), res.first[0]
+                learn[:] = [shape]
+            odd = res.odd
+            if odd is None and res.first is not None and tuple(res.first[1]) != shape:
+                odd = res.first
+            if odd is not None:
+                raise _shape_error(odd, shape, shape_origin, settings)
+            if res.images is None:
+                continue
+            if writer is None:
+                if manifest["shape"] is None:
+                    try:
+                        scheme.check_shape(shape)
+                    except ValueError as e:
+                        raise PpdataError(f"{scheme.name}: {e}") from None
+                    manifest["shape"] = list(shape)
+                    manifest["_shape_origin"] = shape_origin
+                writer = make_writer(fmt, out, split, shape, shard_size,
+                                     attrs={"classes": source.classes, "scheme": scheme.describe()}, claim=folder.claim)
+                if isinstance(folder, RemoteFolder):
+                    writer = _Publishing(writer, folder)
+                worker = WriterThread(writer).__enter__()
+            worker.put(res.keys, res.images, res.labels)
+            count += len(res.keys)
+        if writer is None:
             raise PpdataError(f"split {split} of {source.name}: no readable images")
-        shape = tuple(first.images.shape[1:])
-        if manifest["shape"] is None:
-            try:
-                scheme.check_shape(shape)
-            except ValueError as e:
-                raise PpdataError(f"{scheme.name}: {e}") from None
-            manifest["shape"] = list(shape)
-        elif tuple(manifest["shape"]) != shape:
-            raise PpdataError(f"split {split} has images of shape {shape}, others {tuple(manifest['shape'])}")
-        writer = make_writer(fmt, out, split, shape, shard_size,
-                             attrs={"classes": source.classes, "scheme": scheme.describe()}, claim=folder.claim)
-        with WriterThread(writer) as worker:
-            for batch in itertools.chain([first], batches):
-                names, images, labels, kidx = expand(batch, split)
-                if scheme.encrypted:
-                    k = scheme.derive_keys(keys, split, kidx, images.shape[1:])
-                    images = scheme.encrypt(images, k)
-                worker.put(names, images, labels)
-                count += len(names)
-                images_in += len(batch)
-                bar.update(len(batch))
-            shards = worker.finish()
+        shards = worker.finish()
+    except BaseException as e:
+        if worker is not None:
+            worker.__exit__(type(e), e, None)
+        raise
     finally:
         bar.close()
     skipped = source.skipped[skipped_before:]
@@ -136,12 +243,32 @@ def _encrypt_split(source, split, folder, scheme, keys, fmt, shard_size, batch_s
     if expected is not None and images_in + len(skipped) != expected:
         raise PpdataError(f"split {split} of {source.name}: read {images_in} images and skipped {len(skipped)}, "
                           f"but the source lists {expected}")
-    return {
+    info = {
         "count": count,
         "skipped": {"count": len(skipped), "files": [{"index": s.index, "path": s.path, "reason": s.reason}
                                                      for s in skipped[:1000]]},
         "shards": [s.to_json() for s in shards],
     }
+    if decoded:
+        info["decoded"] = decoded
+    listing = getattr(source, "listing", None)
+    if listing is not None:
+        info["source_listing"] = listing(split)
+    return info
+
+
+def _shape_error(odd, shape, shape_origin, settings) -> PpdataError:
+    """An image of another size than the split's: name it, the image that set the size, and what
+    to pass."""
+    origin, got = odd
+    if shape_origin:
+        ref = f"{shape_origin} is {shape[1]}x{shape[0]}"
+    elif settings is not None and settings.shape is not None:
+        ref = f"the --resize/--crop settings make {shape[1]}x{shape[0]}"
+    else:
+        ref = f"the other images are {shape[1]}x{shape[0]}"
+    return PpdataError(f"image {origin} is {got[1]}x{got[0]} but {ref}; pass --resize HxW (or --resize S "
+                       f"--crop HxW) to bring all images to one size")
 
 
 def decrypt(directory: str | Path, keystore: str | Path, out: str | Path, *, fmt: str | None = None,

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import io
 import os
+import socket
+import subprocess
+import sys
 import tarfile
+import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+BUCKET = "ppdata-test"
 
 
 def shared_data_dir() -> Path | None:
@@ -158,3 +164,55 @@ def fake_cifar10(tmp_path, monkeypatch):
         stop()
     except OSError:
         pass
+
+
+def _free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+@pytest.fixture(scope="session")
+def s3():
+    """A real S3 API: moto in server mode on a free port, stopped at the end of the session; AWS_*
+    variables point every client (s3fs, worker processes, Ray workers started later) at it.
+    Yields an s3fs file system with bucket ``BUCKET``. Skips without moto or s3fs."""
+    pytest.importorskip("s3fs")
+    pytest.importorskip("moto")
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/moto-api/", timeout=1)
+            break
+        except OSError:
+            if proc.poll() is not None or time.time() > deadline:
+                proc.kill()
+                pytest.fail("the moto S3 server did not start")
+            time.sleep(0.2)
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_ENDPOINT_URL_S3": url}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
+    fs = s3fs.S3FileSystem()
+    fs.mkdir(BUCKET)
+    fs.endpoint = url
+    try:
+        yield fs
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        s3fs.S3FileSystem.clear_instance_cache()

@@ -24,7 +24,7 @@ def sample_key(split: str, index: int) -> str:
     return f"{split}_{index:06d}"
 
 
-_KEY_RE = re.compile(r"^([A-Za-z0-9]+)_(\d+)$")
+_KEY_RE = re.compile(r"^([A-Za-z0-9]+)_(\d+)\Z")
 
 
 def key_index(sample_keys, split: str) -> np.ndarray:
@@ -67,6 +67,31 @@ class Skipped:
     reason: str
 
 
+@dataclass(frozen=True)
+class Ref:
+    """Where an image file's bytes are: a local path or a URL, and for a member of an
+    uncompressed tar its data offset and size. Read with ``ppdata.remote.read_ref``."""
+
+    path: str
+    offset: int | None = None
+    size: int | None = None
+
+
+@dataclass
+class Item:
+    """One image of a split before decoding: its index (source order), label, a name for
+    messages (``origin``, the file or ``archive:member``), and its bytes (``data``), or where to
+    read them (``ref``), or why it is never read (``skip``)."""
+
+    index: int
+    label: int
+    origin: str
+    path: str  # the path recorded for a skipped image (relative to the source)
+    data: bytes | None = None
+    ref: Ref | None = None
+    skip: str | None = None
+
+
 class Source:
     """Base class of all sources."""
 
@@ -86,6 +111,16 @@ class Source:
 
     def batches(self, split: str, batch_size: int = 256) -> Iterator[Batch]:
         raise NotImplementedError
+
+    def items(self, split: str) -> Iterator[Item] | None:
+        """Encoded sources (image files): the split's ``Item`` s in source order, for engines that
+        decode in other processes or machines. None for sources of decoded arrays."""
+        return None
+
+    @property
+    def decode(self):
+        """The ``sources.decode.Decode`` settings of an encoded source (None for arrays)."""
+        return None
 
     def describe(self) -> dict:
         return {"name": self.name}

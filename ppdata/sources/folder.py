@@ -1,33 +1,40 @@
-"""ImageFolder trees as a directory or a tar archive, several joined, and the embedded sample.
+"""ImageFolder trees as a directory or a tar archive, local or at a URL, several joined, and the
+embedded sample.
 
-``folder PATH [PATH ...]``: an ImageFolder tree given as a directory or a ``.tar`` / ``.tar.gz``
-archive of one (read as a stream, never extracted); several paths (e.g. ``train.tar.gz
-test.tar.gz``) are joined, each split coming from one of them (``MultiFolderSource``). Layout
-``<class>/<file>`` (one split, named by ``split`` or ``train``) or ``<split>/<class>/<file>`` with
-split folders ``train``, ``test``, ``val``...; a single wrapping folder is stripped. Classes are
-the sorted class-folder names over all splits. Order: sorted paths for a directory, archive order
-for an archive. All images of a source must have one size unless ``resize=(H, W)`` is given
-(Lanczos resampling). ``sample``: the embedded sample, a small slice of CIFAR-10 (see
-``ppdata/data/PROVENANCE.md``).
+``folder PATH [PATH ...]``: an ImageFolder tree given as a directory, a plain ``.tar`` (listed by
+seeking from header to header; members are read by offset, by any process) or a compressed
+``.tar.gz`` / ``.tar.bz2`` / ``.tar.xz`` (read as one stream, never extracted to disk; kept
+uncompressed in memory between the listing and the reading when it fits ``SPOOL_BYTES``), on a local disk or
+at a URL (``s3://``, ``gs://``, ``http(s)://`` for archives; see ``ppdata.remote``). Several paths
+(e.g. ``train.tar.gz test.tar.gz``) are joined, each split coming from one of them
+(``MultiFolderSource``).
+
+Layout, torchvision's ``ImageFolder`` rule: ``<class>/**/<image>`` (one split, named by ``split``
+or ``train``) or ``<split>/<class>/**/<image>`` with split folders ``train``, ``test``, ``val``...:
+the class is the first folder level under the split, and images may lie at any depth below it. A
+single wrapping folder is stripped. Classes are the sorted class-folder names over all splits.
+Order: a directory in ``ImageFolder``'s order (classes sorted, then each class folder walked with
+its folders and file names sorted), so index i of a split is index i of ``ImageFolder``; an
+archive in archive order. Decoding follows ``sources.decode.Decode`` (EXIF orientation, RGB,
+resize, crop); all images of a split must come out at one size. ``sample``: the embedded sample, a
+small slice of CIFAR-10 (see ``ppdata/data/PROVENANCE.md``).
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
-from collections import Counter, deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path, PurePosixPath
 from typing import Iterator, Sequence
 
-import numpy as np
-
-from ..archive import checked_members, compression, drain, index_tar, open_archive, read_member
+from ..archive import Unsupported, checked_members, compression, index_tar, is_tar_name, iter_tar, member_kind
 from ..errors import PpdataError
 from ..names import check_class, check_path_text
-from .base import SPLIT_NAMES, Batch, Skipped, Source
-from .decode import IMAGE_EXTENSIONS, MAX_PIXELS, decode_image, failure_reason
+from ..remote import basename, is_url, list_files, open_url, size_of
+from .base import SPLIT_NAMES, Batch, Item, Ref, Skipped, Source
+from .decode import IMAGE_EXTENSIONS, MAX_PIXELS, Decode
 
 log = logging.getLogger("ppdata")
 
@@ -50,32 +57,23 @@ def _layout(paths: list[str], origin: str) -> tuple[list[_Entry], bool]:
         if len(first) != 1 or next(iter(first)).lower() in SPLIT_NAMES:
             break
         parts = [p[1:] for p in parts]
-    depths = {len(p) for p in parts}
-    if depths == {3} and all(p[0].lower() in SPLIT_NAMES for p in parts):
+    if parts and all(p[0].lower() in SPLIT_NAMES and len(p) > 1 for p in parts):
+        bad = next((path for p, path in zip(parts, paths) if len(p) < 3), None)
+        if bad is not None:
+            raise PpdataError(f"{origin}: image {bad!r} lies directly in a split folder; expected "
+                              f"<split>/<class>/.../<image>")
         return [_Entry(p[0].lower(), p[1], path) for p, path in zip(parts, paths)], True
-    if depths == {2}:
-        return [_Entry("", p[0], path) for p, path in zip(parts, paths)], False
-    bad = next((path for p, path in zip(parts, paths) if len(p) != 2), paths[0])
-    raise PpdataError(
-        f"{origin}: expected an ImageFolder layout <class>/<image> or <split>/<class>/<image>; "
-        f"found {bad!r}"
-    )
+    bad = next((path for p, path in zip(parts, paths) if len(p) < 2), None)
+    if bad is not None:
+        raise PpdataError(f"{origin}: expected an ImageFolder layout <class>/.../<image> or "
+                          f"<split>/<class>/.../<image>; found {bad!r} outside any class folder")
+    return [_Entry("", p[0], path) for p, path in zip(parts, paths)], False
 
 
 def _is_image(name: str) -> bool:
-    base = PurePosixPath(name).name
-    return not base.startswith(".") and PurePosixPath(base).suffix.lower() in IMAGE_EXTENSIONS
-
-
-def _member_kind(m) -> str:
-    from ..archive import member_kind
-
-    return member_kind(m)
-
-
-def _is_archive(path: Path) -> bool:
-    name = path.name.lower()
-    return path.is_file() and name.endswith((".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz"))
+    base = name.rstrip("/").rpartition("/")[2]
+    stem, dot, ext = base.rpartition(".")
+    return bool(dot and stem) and not base.startswith(".") and "." + ext.lower() in IMAGE_EXTENSIONS
 
 
 def _unsafe_member(name: str) -> bool:
@@ -83,39 +81,57 @@ def _unsafe_member(name: str) -> bool:
     return p.is_absolute() or ".." in p.parts or "\\" in name or "\0" in name
 
 
+def _folder_order(e: _Entry) -> tuple:
+    """ImageFolder's order within a split: class, then the walked folder, then the file name."""
+    parent, _, name = e.path.rpartition("/")
+    return e.cls, parent, name
+
+
 class FolderSource(Source):
-    """An ImageFolder tree as a directory or a tar archive (streamed). See module docstring.
+    """An ImageFolder tree as a directory or a tar archive, local or at a URL (module docstring).
 
     Archives are read to their end and checked (``ppdata.archive``): a truncated or damaged
     archive is an error, never a smaller dataset. Members that are not read are still counted
     as skipped, with their reason, and keep their index: an earlier copy of a member that the
     archive repeats (``tar -r`` appends; the later copy is the one ``tar -x`` keeps) and link
     members. A member name that leaves the archive's tree (absolute, ``..``) refuses the archive.
+
+    ``decode``: the ``Decode`` settings (or, as before, ``resize=(H, W)`` and ``max_pixels``).
+    ``workers``: processes that decode for ``batches`` (1: this process).
     """
 
     name = "folder"
 
     def __init__(self, path: str | os.PathLike, split: str | None = None, resize: tuple[int, int] | None = None,
-                 strict: bool = False, decode_threads: int = 2, max_pixels: int = MAX_PIXELS):
+                 strict: bool = False, decode_threads: int = 2, max_pixels: int = MAX_PIXELS,
+                 decode: Decode | None = None, workers: int = 1):
         super().__init__()
         check_path_text(path, "folder source")
-        self.path = Path(path)
-        self.resize = resize
+        self.url = is_url(str(path))
+        self.location = str(path) if self.url else os.fspath(path)
+        self.path = Path(self.location) if not self.url else PurePosixPath(self.location.split("://", 1)[1])
+        self.settings = decode or Decode(resize=tuple(resize) if resize else None, max_pixels=max_pixels)
+        self.resize = self.settings.resize
+        self.max_pixels = self.settings.max_pixels
         self.strict = strict
-        self.decode_threads = decode_threads
-        self.max_pixels = max_pixels
-        self.shape: tuple[int, int, int] | None = (resize[0], resize[1], 3) if resize else None
+        self.workers = max(1, int(workers or 1))
+        self.shape: tuple[int, int, int] | None = self.settings.shape
         self._shape_origin: str | None = None
-        if not self.path.exists():
-            raise PpdataError(f"folder source {self.path} does not exist")
-        self.archive = _is_archive(self.path)
-        if not self.archive and not self.path.is_dir():
-            raise PpdataError(f"folder source {self.path} is neither a directory nor a .tar/.tar.gz archive")
+        self.archive = is_tar_name(self.location) if self.url else _is_archive(Path(self.location))
+        self.compressed: str | None = None
+        self._tarfile_only = False
+        self._plain: bytes | None = None  # a compressed archive, uncompressed, when it is small
+        if not self.url:
+            p = Path(self.location)
+            if not p.exists():
+                raise PpdataError(f"folder source {p} does not exist")
+            if not self.archive and not p.is_dir():
+                raise PpdataError(f"folder source {p} is neither a directory nor a .tar/.tar.gz archive")
         listed = self._list()  # (name, skip reason or None, member or None)
         if not any(skip is None for _, skip, _ in listed):
-            raise PpdataError(f"folder source {self.path} holds no images")
+            raise PpdataError(f"folder source {self.location} holds no images")
         names = [n for n, _, _ in listed]
-        entries, has_splits = _layout(names, str(self.path))
+        entries, has_splits = _layout(names, self.location)
         requested = None if split in (None, "all") else split
         if not has_splits:
             entries = [_Entry(requested or "train", e.cls, e.path) for e in entries]
@@ -123,34 +139,54 @@ class FolderSource(Source):
             e.skip = skip
             e.member = member
         for c in {e.cls for e in entries}:
-            check_class(c, f"{self.path}: class folder")
+            check_class(c, f"{self.location}: class folder")
         self.classes = sorted({e.cls for e in entries})
         self._by_split: dict[str, list[_Entry]] = {}
         for e in entries:
             self._by_split.setdefault(e.split, []).append(e)
         if not self.archive:
             for v in self._by_split.values():
-                v.sort(key=lambda e: (e.cls, e.path))
+                v.sort(key=_folder_order)
         self._label = {c: i for i, c in enumerate(self.classes)}
+
+    @property
+    def decode(self) -> Decode:
+        return self.settings
+
+    # -- listing -----------------------------------------------------------------------------
 
     def _list(self) -> list[tuple[str, str | None, object]]:
         if not self.archive:
+            if self.url:
+                return [(rel, None, None) for rel, _ in list_files(self.location) if _is_image(rel)
+                        and not any(part.startswith(".") for part in PurePosixPath(rel).parts[:-1])]
             out = []
-            for dirpath, dirnames, filenames in os.walk(self.path):
+            for dirpath, dirnames, filenames in os.walk(self.location):
                 dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-                rel = Path(dirpath).relative_to(self.path)
+                rel = Path(dirpath).relative_to(self.location)
                 out.extend(((rel / f).as_posix(), None, None) for f in sorted(filenames) if _is_image(f))
             return out
-        if compression(self.path) is None:
-            members = [(m.name, m.kind, m) for m in index_tar(self.path)]
-        else:
-            with open_archive(self.path) as stream:
-                members = [(m.name, "file" if m.isfile() else _member_kind(m), None)
-                           for m, _ in checked_members(stream, str(self.path))]
-        members = [(n, k, m) for n, k, m in members if _is_image(n)]
+        with self._open() as f:
+            self.compressed = compression(f.read(6))
+            f.seek(0)
+            if self.compressed is None:
+                size = size_of(self.location) if self.url else os.fstat(f.fileno()).st_size
+                members = [(m.name, m.kind, m) for m in index_tar(f, self.location, size)]
+            else:
+                spool = _Spool(SPOOL_BYTES)
+                try:
+                    members = [(e.name, e.kind, e) for e in iter_tar(f, self.location, compressed=self.compressed,
+                                                                     data=lambda name: False, tee=spool.add)]
+                except Unsupported:
+                    self._tarfile_only = True
+                    members = self._list_tarfile()
+                else:
+                    # small enough: the uncompressed archive stays in memory and is not decompressed again
+                    self._plain = spool.value()
+        members = [(n, k, m) for n, k, m in members if _is_image(n) and k != "directory"]
         bad = next((n for n, _, _ in members if _unsafe_member(n)), None)
         if bad is not None:
-            raise PpdataError(f"archive {self.path} holds member {bad!r}, whose name leaves the archive's tree "
+            raise PpdataError(f"archive {self.location} holds member {bad!r}, whose name leaves the archive's tree "
                               f"(absolute or '..'); refusing the archive")
         last = {n: i for i, (n, _, _) in enumerate(members)}
         out = []
@@ -163,8 +199,22 @@ class FolderSource(Source):
             out.append((name, skip, member))
         return out
 
+    def _list_tarfile(self) -> list:
+        with self._open() as f, _decompressed(f, self.compressed) as stream:
+            return [(m.name, member_kind(m), None) for m, _ in checked_members(stream, self.location)]
+
+    def _open(self):
+        if self.url:
+            return open_url(self.location)
+        try:
+            return open(self.location, "rb")
+        except OSError as e:
+            raise PpdataError(f"cannot read {self.location}: {e.strerror or e}") from None
+
+    # -- the Source interface ----------------------------------------------------------------
+
     def describe(self) -> dict:
-        return {"name": "folder", "path": self.path.name}
+        return {"name": "folder", "path": basename(self.location)}
 
     def splits(self) -> list[str]:
         return _split_order(self._by_split)
@@ -172,121 +222,198 @@ class FolderSource(Source):
     def count(self, split: str) -> int:
         return len(self._by_split.get(split, []))
 
-    def _raw(self, split: str) -> Iterator[tuple[int, _Entry, bytes | None, str | None]]:
-        """(index, entry, bytes or None, error) in source order."""
+    def listing(self, split: str) -> dict:
+        """The split's image names in source order, recorded compactly: count, sha256 of all
+        (``<name>\n`` each), and a 16-hex-digit hash per block of ``LISTING_BLOCK`` names, so
+        that a changed source can later be told apart and its first changed block named."""
+        return listing_of([e.path for e in self._by_split.get(split, [])])
+
+    def names(self, split: str) -> list[str]:
+        """The split's image names (paths inside the source) in source order."""
+        return [e.path for e in self._by_split.get(split, [])]
+
+    def origin(self, path: str) -> str:
+        """How an image is named in messages: the file, or ``archive:member``."""
+        if self.archive:
+            return f"{self.location}:{path}"
+        return f"{self.location.rstrip('/')}/{path}" if self.url else str(Path(self.location) / path)
+
+    def items(self, split: str) -> Iterator[Item]:
+        """The split's images in source order: references for a directory or a plain tar (read by
+        whichever process decodes them), bytes for a compressed archive (one stream)."""
         entries = self._by_split[split]
+        label = self._label
         if not self.archive:
             for i, e in enumerate(entries):
-                try:
-                    yield i, e, (self.path / e.path).read_bytes(), None
-                except OSError as err:
-                    yield i, e, None, str(err.strerror or err)
+                ref = Ref(self.origin(e.path))
+                yield Item(i, label[e.cls], self.origin(e.path), e.path, ref=ref)
             return
-        if compression(self.path) is None:  # plain tar: read members by offset, no stream
-            with open(self.path, "rb") as f:
-                for i, e in enumerate(entries):
-                    if e.skip:
-                        yield i, e, None, e.skip
-                    else:
-                        yield i, e, read_member(f, e.member), None
+        if self.compressed is None:
+            for i, e in enumerate(entries):
+                m = e.member
+                yield Item(i, label[e.cls], self.origin(e.path), e.path, skip=e.skip,
+                           ref=None if e.skip else Ref(self.location, m.offset, m.size))
             return
-        # compressed: one pass over the stream; the k-th member named n is the k-th entry named n
+        if self._plain is not None:
+            buf = self._plain
+            for i, e in enumerate(entries):
+                m = e.member
+                yield Item(i, label[e.cls], self.origin(e.path), e.path, skip=e.skip,
+                           data=None if e.skip else buf[m.offset:m.offset + m.size])
+            return
+        yield from self._stream_items(split, entries)
+
+    def _stream_items(self, split: str, entries: list[_Entry]) -> Iterator[Item]:
+        """Compressed archive: one pass; the k-th member named n is the k-th entry named n."""
         by_name: dict[str, list[int]] = {}
         for i, e in enumerate(entries):
             by_name.setdefault(e.path, []).append(i)
-        seen: Counter = Counter()
+        seen: dict[str, int] = {}
         done = 0
-        with open_archive(self.path) as stream:
-            for m, f in checked_members(stream, str(self.path)):
-                name = m.name
-                rows = by_name.get(name)
-                if rows is None or not _is_image(m.name):
-                    continue
-                k = seen[name]
-                seen[name] += 1
-                if k >= len(rows):
-                    raise PpdataError(f"archive {self.path} changed while it was read (member {m.name!r})")
-                i = rows[k]
-                e = entries[i]
-                done += 1
-                if e.skip:
-                    yield i, e, None, e.skip
-                else:
-                    yield i, e, f.read(), None
-            drain(stream)
+        label = self._label
+        with self._open() as f:
+            if self._tarfile_only:
+                with _decompressed(f, self.compressed) as stream:
+                    members = ((m.name, m.isfile(), fo) for m, fo in checked_members(stream, self.location))
+                    for name, is_file, fo in members:
+                        rows = by_name.get(name)
+                        if rows is None or not _is_image(name):
+                            continue
+                        k = seen.get(name, 0)
+                        seen[name] = k + 1
+                        if k >= len(rows):
+                            raise PpdataError(f"archive {self.location} changed while it was read (member {name!r})")
+                        e = entries[rows[k]]
+                        done += 1
+                        data = None if e.skip else fo.read()
+                        yield Item(rows[k], label[e.cls], self.origin(e.path), e.path, data=data, skip=e.skip)
+            else:
+                for m in iter_tar(f, self.location, compressed=self.compressed, data=lambda name: name in by_name):
+                    rows = by_name.get(m.name)
+                    if rows is None or m.kind == "directory" or not _is_image(m.name):
+                        continue
+                    k = seen.get(m.name, 0)
+                    seen[m.name] = k + 1
+                    if k >= len(rows):
+                        raise PpdataError(f"archive {self.location} changed while it was read (member {m.name!r})")
+                    e = entries[rows[k]]
+                    done += 1
+                    yield Item(rows[k], label[e.cls], self.origin(e.path), e.path,
+                               data=None if e.skip else m.data, skip=e.skip)
         if done != len(entries):
-            raise PpdataError(f"archive {self.path} changed while it was read: {done} of {len(entries)} "
+            raise PpdataError(f"archive {self.location} changed while it was read: {done} of {len(entries)} "
                               f"members of split {split} found")
 
-    def _decode(self, item):
-        i, e, data, err = item
-        if err is None:
-            try:
-                return i, e, decode_image(data, self.resize, self.max_pixels), None
-            except Exception as ex:  # noqa: BLE001  (Pillow raises many types for bad files)
-                return i, e, None, failure_reason(ex)
-        return i, e, None, err
-
-    def _origin(self, e: _Entry) -> str:
-        return f"{self.path}:{e.path}" if self.archive else str(self.path / e.path)
-
     def batches(self, split: str, batch_size: int = 256) -> Iterator[Batch]:
-        images, labels, index = [], [], []
-        window: deque = deque()
-        chunk: list = []
+        """Decoded batches in source order (``workers`` processes decode; skips recorded in
+        ``skipped``, or an error with ``strict``); every image of the split at one size."""
+        from ..engines.local import decoded_batches
 
-        def decode_chunk(items):
-            return [self._decode(item) for item in items]
+        yield from decoded_batches(self, split, batch_size, self.workers)
 
-        with ThreadPoolExecutor(max(1, self.decode_threads)) as pool:
-            # decode chunks of files in worker threads (Pillow releases the GIL while decoding),
-            # with a bounded number in flight: memory stays bounded by the batch size
-            def drain(limit):
-                while len(window) > limit:
-                    for result in window.popleft().result():
-                        if self._accept(split, result, images, labels, index) >= batch_size:
-                            yield self._flush(images, labels, index)
-
-            for item in self._raw(split):
-                chunk.append(item)
-                if len(chunk) == 128:
-                    window.append(pool.submit(decode_chunk, chunk))
-                    chunk = []
-                    yield from drain(2 * self.decode_threads)
-            if chunk:
-                window.append(pool.submit(decode_chunk, chunk))
-            yield from drain(0)
-        if images:
-            yield self._flush(images, labels, index)
-
-    @staticmethod
-    def _flush(images, labels, index) -> Batch:
-        b = Batch(np.stack(images), np.asarray(labels, np.int64), np.asarray(index, np.int64))
-        images.clear(), labels.clear(), index.clear()
-        return b
-
-    def _accept(self, split, result, images, labels, index) -> int:
-        """Check one decoded image, append it (or record it as skipped); return the batch size."""
-        i, e, arr, err = result
-        origin = self._origin(e)
-        if err is not None:
-            if self.strict:
-                raise PpdataError(f"cannot read image {origin}: {err}")
-            log.warning("skipping unreadable image %s: %s", origin, err)
-            self.skipped.append(Skipped(split, i, e.path, err))
-            return len(images)
+    # used by decoded_batches: one shape per source, errors naming the first odd image
+    def check_shape(self, shape: tuple, origin: str) -> None:
         if self.shape is None:
-            self.shape = arr.shape
+            self.shape = tuple(shape)
             self._shape_origin = origin
-        elif arr.shape != self.shape:
-            raise PpdataError(
-                f"image {origin} is {arr.shape[1]}x{arr.shape[0]} but {self._shape_origin} is "
-                f"{self.shape[1]}x{self.shape[0]}; pass --resize HxW to bring all images to one size"
-            )
-        images.append(arr)
-        labels.append(self._label[e.cls])
-        index.append(i)
-        return len(images)
+        elif tuple(shape) != self.shape:
+            h = "" if self._shape_origin is None else f" but {self._shape_origin} is {self.shape[1]}x{self.shape[0]}"
+            if self._shape_origin is None:
+                h = f" but the settings make {self.shape[1]}x{self.shape[0]}"
+            raise PpdataError(f"image {origin} is {shape[1]}x{shape[0]}{h}; pass --resize HxW (or --resize S "
+                              f"--crop HxW) to bring all images to one size")
+
+    def record_skip(self, split: str, index: int, path: str, origin: str, reason: str) -> None:
+        if self.strict:
+            raise PpdataError(f"cannot read image {origin}: {reason}")
+        log.warning("skipping unreadable image %s: %s", origin, reason)
+        self.skipped.append(Skipped(split, index, path, reason))
+
+
+def _spool_bytes() -> int:
+    """How much of a compressed archive's uncompressed bytes to keep in memory: 2 GiB, at most an
+    eighth of the machine's memory."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        total = 8 << 30
+    return int(min(2 << 30, total // 8))
+
+
+SPOOL_BYTES = _spool_bytes()
+
+
+class _Spool:
+    """Collects pieces up to ``cap`` bytes; ``value()`` is all of them, or None past the cap."""
+
+    def __init__(self, cap: int):
+        self.cap, self.parts, self.n = cap, [], 0
+
+    def add(self, piece: bytes) -> None:
+        if self.parts is None:
+            return
+        self.n += len(piece)
+        if self.n > self.cap:
+            self.parts = None
+        else:
+            self.parts.append(piece)
+
+    def value(self) -> bytes | None:
+        return None if self.parts is None else b"".join(self.parts)
+
+
+class _decompressed:
+    """A decompressed view of an open archive file (context manager)."""
+
+    def __init__(self, f, kind):
+        self.f, self.kind = f, kind
+        self.stream = None
+
+    def __enter__(self):
+        import bz2
+        import gzip
+        import lzma
+
+        opener = {"gzip": lambda f: gzip.GzipFile(fileobj=f), "bzip2": bz2.BZ2File, "xz": lzma.LZMAFile}.get(self.kind)
+        self.stream = opener(self.f) if opener else self.f
+        return self.stream
+
+    def __exit__(self, *exc):
+        if self.stream is not self.f:
+            self.stream.close()
+
+
+LISTING_BLOCK = 64
+
+
+def listing_of(names: list[str]) -> dict:
+    """See ``FolderSource.listing``."""
+    whole = hashlib.sha256()
+    blocks = []
+    for a in range(0, len(names), LISTING_BLOCK):
+        text = "".join(n + "\n" for n in names[a:a + LISTING_BLOCK]).encode("utf-8", "surrogateescape")
+        whole.update(text)
+        blocks.append(hashlib.sha256(text).hexdigest()[:16])
+    return {"count": len(names), "sha256": whole.hexdigest(), "block": LISTING_BLOCK, "blocks": blocks}
+
+
+def first_difference(listed: dict, names: list[str]) -> int | None:
+    """Index of the first image of the first block whose names differ from ``listed`` (None: the
+    same listing)."""
+    now = listing_of(names)
+    if now["sha256"] == listed.get("sha256") and now["count"] == listed.get("count"):
+        return None
+    old = listed.get("blocks") if listed.get("block") == LISTING_BLOCK else None
+    if not isinstance(old, list):
+        return 0
+    for b, (x, y) in enumerate(zip(old, now["blocks"])):
+        if x != y:
+            return b * LISTING_BLOCK
+    return min(len(old), len(now["blocks"])) * LISTING_BLOCK
+
+
+def _is_archive(path: Path) -> bool:
+    return path.is_file() and is_tar_name(path.name)
 
 
 def _split_order(names) -> list[str]:
@@ -313,9 +440,14 @@ class MultiFolderSource(Source):
             p.skipped = self.skipped  # one list, in processing order
             for sp in p.splits():
                 if sp in self._owner:
-                    raise PpdataError(f"split {sp!r} is in both {self._owner[sp].path} and {p.path}; "
+                    raise PpdataError(f"split {sp!r} is in both {self._owner[sp].location} and {p.location}; "
                                       f"give each split once (or --split to pick one)")
                 self._owner[sp] = p
+        self.strict = any(p.strict for p in self.parts)
+
+    @property
+    def decode(self) -> Decode:
+        return self.parts[0].settings
 
     def splits(self) -> list[str]:
         return _split_order(self._owner)
@@ -323,12 +455,36 @@ class MultiFolderSource(Source):
     def count(self, split: str) -> int:
         return self._owner[split].count(split)
 
+    def listing(self, split: str) -> dict:
+        return self._owner[split].listing(split)
+
+    def names(self, split: str) -> list[str]:
+        return self._owner[split].names(split)
+
+    def origin(self, split: str, path: str) -> str:
+        return self._owner[split].origin(path)
+
     def describe(self) -> dict:
-        return {"name": "folder", "path": [p.path.name for p in self.parts]}
+        return {"name": "folder", "path": [basename(p.location) for p in self.parts]}
+
+    def _remap(self, part: FolderSource) -> list[int]:
+        return [self.classes.index(c) for c in part.classes]
+
+    def items(self, split: str) -> Iterator[Item]:
+        part = self._owner[split]
+        remap = self._remap(part)
+        for it in part.items(split):
+            it.label = remap[it.label]
+            yield it
+
+    def part(self, split: str) -> FolderSource:
+        return self._owner[split]
 
     def batches(self, split: str, batch_size: int = 256) -> Iterator[Batch]:
+        import numpy as np
+
         part = self._owner[split]
-        remap = np.array([self.classes.index(c) for c in part.classes], np.int64)
+        remap = np.array(self._remap(part), np.int64)
         for b in part.batches(split, batch_size):
             yield Batch(b.images, remap[b.labels], b.index)
 
@@ -343,8 +499,10 @@ class SampleSource(FolderSource):
 
     name = "sample"
 
-    def __init__(self, split: str | None = None, strict: bool = False, resize=None, max_pixels: int = MAX_PIXELS):
-        super().__init__(sample_archive(), split=split, strict=strict, resize=resize, max_pixels=max_pixels)
+    def __init__(self, split: str | None = None, strict: bool = False, resize=None, max_pixels: int = MAX_PIXELS,
+                 decode: Decode | None = None, workers: int = 1):
+        super().__init__(sample_archive(), split=split, strict=strict, resize=resize, max_pixels=max_pixels,
+                         decode=decode, workers=workers)
 
     def describe(self) -> dict:
         return {"name": "sample"}
