@@ -34,20 +34,26 @@ from ppdata.cipher import scheme_from_manifest
 from ppdata.errors import PpdataError
 from ppdata.fileio import atomic_write
 from ppdata.shards import ShardSet, read_manifest
-from ppdata.sources import open_source, originals
+from ppdata.sources import open_source_as, originals
 
 log = logging.getLogger("ppdata")
 
 REPORT_FILES = ("report.md", "metrics.json", "grid.png")
 
 
-def _prepare_out(out: Path, overwrite: bool) -> None:
+def _check_out(out: Path, overwrite: bool) -> list[str]:
+    """The report files already in ``out`` (an error unless ``overwrite``); creates nothing."""
     if out.exists() and not out.is_dir():
         raise PpdataError(f"--out {out} exists and is not a folder")
     present = [n for n in REPORT_FILES if (out / n).exists()]
     if present and not overwrite:
         raise PpdataError(f"{out} already holds an audit report ({', '.join(present)}); pass --overwrite or "
                           f"choose another --out")
+    return present
+
+
+def _prepare_out(out: Path, overwrite: bool) -> None:
+    present = _check_out(out, overwrite)
     out.mkdir(parents=True, exist_ok=True)
     # the report is written last: a folder with metrics but no report.md is an interrupted run
     for n in present:
@@ -99,14 +105,17 @@ def audit(directory: str | os.PathLike, plain_source: str, plain_path=None, *,
     split = split or ("test" if "test" in m["splits"] else next(iter(m["splits"])))
     ss = ShardSet(directory, split, m)
     out = Path(out)
-    _prepare_out(out, overwrite)
+    _check_out(out, overwrite)
 
     samples = ss.load() if limit is None else _first(ss, limit)
     log.info("audit: %d %s images of %s (%s, %s keys)", len(samples), split, directory, scheme_label(sch), key_mode)
     if isinstance(plain_path, (list, tuple)) and len(plain_path) == 1:
         plain_path = plain_path[0]
     several = isinstance(plain_path, (list, tuple))
-    src = open_source(plain_source, plain_path, split=None if several else split, root=root)
+    # the originals as they were encrypted: the manifest's decode settings (resize, crop, EXIF,
+    # decoder), and the source checked against the recorded listing
+    src = open_source_as(m, plain_source, plain_path, split=None if several else split, root=root)
+    _prepare_out(out, overwrite)  # only once the inputs are known to be what they claim
     plain = originals(src, split, samples.keys)
     if plain.shape != samples.images.shape:
         raise PpdataError(f"plain images from {plain_source} {plain_path or ''} are {plain.shape[1:]}, the shards "

@@ -271,6 +271,15 @@ def test_encrypt_with_resize_then_preview_and_originals_against_the_original_fol
     stream = Keystore.load(ks).stream(m["keys"]["derivation"])
     dec = scheme.decrypt(enc.images, scheme.derive_keys(stream, "test", key_index(enc.keys, "test"), ss.shape))
     np.testing.assert_array_equal(dec, plain)
+    # and the audit compares against those same originals, settings read from the manifest
+    r = ppdata("audit", tmp_path / "v", "--plain", "folder", root, "--out", tmp_path / "report")
+    assert r.exit_code == 0, r.output
+    rec = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert rec["images"] == 10 and (tmp_path / "report" / "report.md").is_file()
+    assert rec["per_image"]["encrypted"]["keys"] == enc.keys.tolist()
+    # aligned originals: the key-free fold already recovers structure the ciphertext does not show
+    att = rec["attacks"]
+    assert att["fold (oracle)"]["summary"]["ssim"]["mean"] > 3 * att["encrypted"]["summary"]["ssim"]["mean"]
 
 
 def test_a_changed_source_is_an_error_naming_the_image(tmp_path):
@@ -289,6 +298,8 @@ def test_a_changed_source_is_an_error_naming_the_image(tmp_path):
         open_source_as(m, "folder", root)
     r = ppdata("preview", tmp_path / "v", "--plain", "folder", root, "-o", tmp_path / "p.png")
     assert r.exit_code == 1 and "image names differ" in r.output
+    r = ppdata("audit", tmp_path / "v", "--plain", "folder", root, "--out", tmp_path / "report")
+    assert r.exit_code == 1 and "image names differ" in r.output and not (tmp_path / "report").exists()
 
 
 # ---------------------------------------------------------------------------------------------
