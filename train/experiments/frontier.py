@@ -49,7 +49,7 @@ CONDITIONS = (
     Condition("chaos", "chaos", (), None),
 )
 DEFAULT_ACCURACY = ("docs/results/fig8b-cpu-small/fig8b.csv",  # the paper's x8 set (default expansion)
-                    "docs/results/fig8b-cpu-small-independent/fig8b.csv")
+                    "docs/results/fig8b-cpu-small-other/fig8b.csv")
 
 
 def audit_commands(cond: Condition, mode: str, data: Path, work: Path, audit_args: list[str]) -> list[list[str]]:
