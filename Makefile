@@ -12,11 +12,11 @@ setup: $(STAMP)
 
 # torch/torchvision are pinned here (the CUDA build that also runs on CPU); pyproject keeps ranges,
 # so installing the project never pulls another torch.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e '.[all,test]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[all,test]'
 	touch $(STAMP)
 
 # The main job on the embedded sample, offline: client encrypts (keys kept outside the upload),
