@@ -393,6 +393,10 @@ def ray_runs(src: Path, work: Path, shard_size: int, extra: dict, label: str, re
 # ---------------------------------------------------------------------------------------------
 
 
+def _minutes(m: float) -> str:
+    return "< 1 min" if m < 1 else f"{m:.0f} min"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=os.environ.get("PPDATA_DATA", str(ROOT.parent / "shared" / "data")))
@@ -426,7 +430,7 @@ def main() -> None:
     except ImportError:
         have_tv = False
     lines = [f"# Photo collections: engines, limits, verification ({time.strftime('%Y-%m-%d')})", "",
-             f"Machine: {machine()}; {cores} cores usable. Shared with other developers' jobs while this ran: "
+             f"Machine: {machine()}; {cores} cores usable. A shared VM: "
              f"the load is recorded beside every number (load average 1/5/15 min, CPU pressure).",
              f"Command: `python bench/scale.py --photos {args.photos} --small {args.small} --reps {args.reps}`. "
              f"Times are the best of {args.reps} fresh processes unless said otherwise.", ""]
@@ -552,8 +556,11 @@ def main() -> None:
             for r in rr:
                 lines.append(f"| {label} | {r['engine']} | {r['workers']} | {r['wall']:.2f} | {r['n'] / r['wall']:,.0f} | "
                              f"{one[r['engine']] / r['wall']:.2f}x | {r['load']} |")
-        lines += ["", "Speed-up needs idle cores: while these ran, other jobs kept the 1-minute load average at 4-5 "
-                  "on the 2 cores (see the load column), so a second worker had little to run on.", ""]
+        loads = [float(r["load"].split()[2]) for rr in (rc, rp) for r in rr if r["load"].startswith("load average")]
+        if loads:
+            lines += ["", f"Speed-up needs idle cores: the 1-minute load average before these runs was "
+                          f"{min(loads):.1f} to {max(loads):.1f} on {cores} cores (load column), and a second worker "
+                          f"shares them with the driver (and, for Ray, Ray's own processes).", ""]
 
     print("\n".join(lines[shown:]), flush=True)
     shown = len(lines)
@@ -576,7 +583,7 @@ def main() -> None:
     out_gb = 1.28e6 * (150528 + 2048) / 1e9
     for nodes, c in ((1, 2), (1, 16), (4, 16), (16, 16), (64, 16)):
         core_h = 1.28e6 * model / 3600
-        lines.append(f"| {nodes} x {c} | {core_h:.1f} | {core_h / (nodes * c) * 60:.0f} min | {out_gb:.0f} GB |")
+        lines.append(f"| {nodes} x {c} | {core_h:.1f} | {_minutes(core_h / (nodes * c) * 60)} | {out_gb:.0f} GB |")
     lines += ["", "Ideal = perfect scaling; the 1 -> 2 worker speed-ups above measure how close one machine comes. "
               f"At scale the storage must also take {out_gb:.0f} GB of shards (and supply the ~140 GB of JPEGs): e.g. "
               f"16 nodes finishing in the ideal time need about {out_gb * 1e3 / (1.28e6 * model / 3600 / (16 * 16) * 3600):,.0f} MB/s "
