@@ -52,8 +52,8 @@ def _check_out(out: Path, overwrite: bool) -> list[str]:
     return present
 
 
-def _prepare_out(out: Path, overwrite: bool) -> None:
-    present = _check_out(out, overwrite)
+def _prepare_out(out: Path, present: list[str]) -> None:
+    """Create ``out`` and remove the earlier report files ``present`` (from ``_check_out``)."""
     out.mkdir(parents=True, exist_ok=True)
     # the report is written last: a folder with metrics but no report.md is an interrupted run
     for n in present:
@@ -105,7 +105,7 @@ def audit(directory: str | os.PathLike, plain_source: str, plain_path=None, *,
     split = split or ("test" if "test" in m["splits"] else next(iter(m["splits"])))
     ss = ShardSet(directory, split, m)
     out = Path(out)
-    _check_out(out, overwrite)
+    present = _check_out(out, overwrite)
 
     samples = ss.load() if limit is None else _first(ss, limit)
     log.info("audit: %d %s images of %s (%s, %s keys)", len(samples), split, directory, scheme_label(sch), key_mode)
@@ -115,7 +115,7 @@ def audit(directory: str | os.PathLike, plain_source: str, plain_path=None, *,
     # the originals as they were encrypted: the manifest's decode settings (resize, crop, EXIF,
     # decoder), and the source checked against the recorded listing
     src = open_source_as(m, plain_source, plain_path, split=None if several else split, root=root)
-    _prepare_out(out, overwrite)  # only once the inputs are known to be what they claim
+    _prepare_out(out, present)  # only once the inputs are known to be what they claim
     plain = originals(src, split, samples.keys)
     if plain.shape != samples.images.shape:
         raise PpdataError(f"plain images from {plain_source} {plain_path or ''} are {plain.shape[1:]}, the shards "

@@ -4,6 +4,8 @@
                                            # fold and neighbour (oracle picks), SSIM + colour SSIM + PSNR
     python bench/audit.py --with-choice    # also the full training-free audit of today (attacker's
                                            # choosers trained on 1,000 other images, oracle and chosen rows)
+    python bench/audit.py --profile 300    # where the time goes: cProfile of the timed call on 300
+                                           # images in one process, the functions by cumulative time
 
 Images: the first 1,000 (and, for the choosers, the next 1,000) of the 96x96 photos' train split,
 resized to 128x128 (Lanczos), encrypted with NP+CS under reproducible independent keys. Run it
@@ -49,16 +51,25 @@ def main() -> None:
     p.add_argument("--n", type=int, default=1000)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--with-choice", action="store_true")
+    p.add_argument("--profile", type=int, metavar="N", help="profile the timed call on N images, one process")
     a = p.parse_args()
     from ppdata.cipher import get_scheme
     from ppdata.keys import KeyStream, secret_from_seed
 
     from attack import suite
 
-    x = images(Path(a.data), a.n)
+    x = images(Path(a.data), a.profile or a.n)
     scheme = get_scheme("pixel", cs=True)
     e = scheme.encrypt(x, scheme.derive_keys(KeyStream(secret_from_seed("bench-audit"), "independent"), "train",
                                              np.arange(len(x)), x.shape[1:]))
+    if a.profile:
+        import cProfile
+        import pstats
+
+        with cProfile.Profile() as prof:
+            suite.training_free(e, x, True, ("encrypted", "fold-raw", "fold", "neighbour"), workers=1)
+        pstats.Stats(prof).sort_stats("cumulative").print_stats(25)
+        return
     load0 = os.getloadavg()[0]
     t0 = time.time()
     res = suite.training_free(e, x, True, ("encrypted", "fold-raw", "fold", "neighbour"), workers=a.workers)

@@ -23,7 +23,7 @@ from .names import check_class, check_path_text, check_sample_key, check_split
 from .shards import FORMATS, OutputFolder, ShardSet, WriterThread, make_writer, new_manifest, read_manifest
 from .shards.manifest import augment_entry
 from .engines.local import LocalEngine, accept_skips, chunks_of
-from .engines.work import Chunk, Work
+from .engines.work import Chunk, Work, checked_shape
 from .sources import Batch, Source, identity_expand, key_index, sample_key  # noqa: F401 (public here too)
 from .variants import key_indexer as augment_indexer
 
@@ -214,11 +214,7 @@ def _encrypt_split(source, split, folder, eng, scheme, fmt, shard_size, batch_si
                 continue
             if writer is None:
                 if manifest["shape"] is None:
-                    try:
-                        scheme.check_shape(shape)
-                    except ValueError as e:
-                        raise PpdataError(f"{scheme.name}: {e}") from None
-                    manifest["shape"] = list(shape)
+                    manifest["shape"] = checked_shape(scheme, shape)
                     manifest["_shape_origin"] = shape_origin
                 writer = make_writer(fmt, out, split, shape, shard_size,
                                      attrs={"classes": source.classes, "scheme": scheme.describe()}, claim=folder.claim)

@@ -27,14 +27,12 @@ machine, the commit and every step's command, status, seconds and numbers.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import shlex
 import signal
 import subprocess
 import sys
-import tarfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -44,6 +42,7 @@ sys.path.insert(0, str(REPO))
 
 from ppdata.fileio import atomic_write  # noqa: E402
 from ppdata.machine import describe, summary  # noqa: E402
+from train.experiments.source import slice_archive  # noqa: E402
 
 TARGETS = {"plain Q, plain model": 0.94, "Enc(Q), NP+CS fold model": 0.90, "training seconds": 180.0,
            "feed ratio": 0.95}
@@ -74,24 +73,6 @@ def find_archives(data: Path) -> tuple[Path, Path]:
             return d / ARCHIVES[0], d / ARCHIVES[1]
     raise SystemExit(f"gpu-check: {data} holds no {' and '.join(ARCHIVES)} (CIFAR-10 JPEG archives); "
                      f"pass the folder that does: make gpu-check DATA=folder")
-
-
-def slice_archive(src: Path, dst: Path, per_class: int) -> Path:
-    """The first ``per_class`` images of every class of an ImageFolder archive (``--tiny``)."""
-    counts: dict[str, int] = {}
-    with tarfile.open(src, "r|*") as tf, tarfile.open(dst, "w:gz") as out:
-        for m in tf:
-            if not m.isfile():
-                continue
-            cls = "/".join(m.name.split("/")[:-1])
-            if counts.get(cls, 0) >= per_class:
-                continue
-            counts[cls] = counts.get(cls, 0) + 1
-            data = tf.extractfile(m).read()
-            info = tarfile.TarInfo(m.name)
-            info.size = len(data)
-            out.addfile(info, io.BytesIO(data))
-    return dst
 
 
 # ---------------------------------------------------------------------------------------------

@@ -47,21 +47,9 @@ def shared_data() -> Path:
 
 
 def _slice_archive(src: Path, dst: Path, per_class: int) -> Path:
-    """Copy the first ``per_class`` images of every class of an ImageFolder archive."""
-    counts: dict[str, int] = {}
-    with tarfile.open(src, "r|*") as tf, tarfile.open(dst, "w") as out:
-        for m in tf:
-            if not m.isfile():
-                continue
-            cls = "/".join(m.name.split("/")[:-1])
-            if counts.get(cls, 0) >= per_class:
-                continue
-            counts[cls] = counts.get(cls, 0) + 1
-            data = tf.extractfile(m).read()
-            info = tarfile.TarInfo(m.name)
-            info.size = len(data)
-            out.addfile(info, io.BytesIO(data))
-    return dst
+    from train.experiments.source import slice_archive
+
+    return slice_archive(src, dst, per_class)
 
 
 @pytest.fixture(scope="session")

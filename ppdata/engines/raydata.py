@@ -47,7 +47,7 @@ from ..errors import PpdataError
 from ..remote import is_url, join, read_ref
 from ..shards.tar import BLOCK, parse_records, record_size, tar_records
 from ..sources.base import Ref
-from .work import Chunk, Work, run_chunk
+from .work import Chunk, Work, checked_shape, run_chunk
 
 log = logging.getLogger("ppdata")
 
@@ -313,11 +313,7 @@ def encrypt_ray(source, out, *, splits, scheme, keys, fmt, shard_size, overwrite
         for sp in splits:
             shape = _first_shape(source, sp, work)
             if manifest["shape"] is None:
-                try:
-                    scheme.check_shape(shape)
-                except ValueError as e:
-                    raise PpdataError(f"{scheme.name}: {e}") from None
-                manifest["shape"] = list(shape)
+                manifest["shape"] = checked_shape(scheme, shape)
             elif tuple(manifest["shape"]) != tuple(shape):
                 raise PpdataError(f"split {sp} has images of shape {shape}, others {tuple(manifest['shape'])}")
             items = list(source.items(sp))

@@ -161,6 +161,16 @@ def decode_items(items: list[Item], d: Decode) -> list[tuple[Item, np.ndarray | 
     return [tuple(r) for r in out]
 
 
+def checked_shape(scheme, shape) -> list[int]:
+    """``shape`` (H, W, 3) as a manifest records it, once ``scheme`` can encrypt images of that size
+    (e.g. blocks that divide it); otherwise one ``PpdataError`` naming the scheme."""
+    try:
+        scheme.check_shape(tuple(shape))
+    except ValueError as e:
+        raise PpdataError(f"{scheme.name}: {e}") from None
+    return list(shape)
+
+
 def run_chunk(work: Work, chunk: Chunk) -> Result:
     """Decode (items), expand and encrypt one chunk; see the module docstring."""
     res = Result(chunk.split)
@@ -197,10 +207,7 @@ def run_chunk(work: Work, chunk: Chunk) -> Result:
     if work.scheme is not None:
         scheme, stream = _crypto(work)
         if scheme.encrypted:
-            try:
-                scheme.check_shape(images.shape[1:])
-            except ValueError as e:  # e.g. blocks that do not divide the image
-                raise PpdataError(f"{scheme.name}: {e}") from None
+            checked_shape(scheme, images.shape[1:])
             images = scheme.encrypt(images, scheme.derive_keys(stream, chunk.split, kidx, images.shape[1:]))
     res.index = batch.index
     res.keys = list(names)

@@ -132,6 +132,26 @@ def resolve_data(spec: str, work: Path, subset: tuple[int, int] | None = None, r
     return DataSource(spec, "folder", ["folder", _rel(p)], {"folder": ident})
 
 
+def slice_archive(src: Path, dst: Path, per_class: int) -> Path:
+    """The first ``per_class`` images of every class (a member's folder) of an ImageFolder archive
+    ``src``, in archive order, written to ``dst`` (gzip when its name ends in ``.gz``). For small
+    real-data runs: tests, ``make gpu-check --tiny``."""
+    counts: dict[str, int] = {}
+    with tarfile.open(src, "r|*") as tf, tarfile.open(dst, "w:gz" if str(dst).endswith(".gz") else "w") as out:
+        for m in tf:
+            if not m.isfile():
+                continue
+            cls = "/".join(m.name.split("/")[:-1])
+            if counts.get(cls, 0) >= per_class:
+                continue
+            counts[cls] = counts.get(cls, 0) + 1
+            data = tf.extractfile(m).read()
+            info = tarfile.TarInfo(m.name)
+            info.size = len(data)
+            out.addfile(info, io.BytesIO(data))
+    return dst
+
+
 def join_archives(archives: list[Path], out: Path, subset: tuple[int, int] | None = None) -> dict[str, int]:
     """Stream the members of per-split ImageFolder ``archives`` into one uncompressed tar ``out``.
 
