@@ -49,7 +49,9 @@ from ppdata.sources import SampleSource  # noqa: E402
 from train import data as D  # noqa: E402
 from train.augment import Augment  # noqa: E402
 from ppdata.machine import describe, summary  # noqa: E402
-from train.loop import Clock, Config, Kernels, make_model, make_optimizer, train_step  # noqa: E402
+from train.classifier import make_model, make_optimizer, train_step  # noqa: E402
+from train.config import Config  # noqa: E402
+from train.runtime import Clock, Kernels  # noqa: E402
 
 
 def machine(device: torch.device) -> str:

@@ -17,7 +17,9 @@ from ppdata.schemes import le_unpack
 from ppdata.sources import ArraySource, SampleSource
 
 from train.adapt import ICIPAdapt, TanakaAdapt, build, resolve
-from train.loop import Config, load_model, run
+from train.classifier import load_model
+from train.cli import run
+from train.config import Config
 from train.models import count_parameters
 
 

@@ -21,7 +21,9 @@ from ppdata.sources import ArraySource, SampleSource
 
 from train import data as D
 from train.augment import Augment, flip, translate
-from train.loop import Config, lr_at, load_model, run
+from train.classifier import load_model
+from train.cli import run
+from train.config import Config, lr_at
 from train.models import DenseNet, ResNet18, count_parameters
 from train.preprocess import Preprocess, channel_stats, fold
 
@@ -357,13 +359,13 @@ def test_unexpanded_folder_points_to_its_expansion(tmp_path):
     from click.testing import CliRunner
 
     from ppdata.cli import cli
-    from train.loop import _expansion_next_to
+    from train.config import expansion_next_to
 
     r = CliRunner()
     assert r.invoke(cli, ["-q", "encrypt", "sample", "--split", "train", "--out", str(tmp_path / "s")]).exit_code == 0
-    assert _expansion_next_to(tmp_path / "s") is None
+    assert expansion_next_to(tmp_path / "s") is None
     assert r.invoke(cli, ["-q", "augment", str(tmp_path / "s"), "--shift", "0", "--out", str(tmp_path / "s-x2")]).exit_code == 0
-    assert _expansion_next_to(tmp_path / "s") == tmp_path / "s-x2"
+    assert expansion_next_to(tmp_path / "s") == tmp_path / "s-x2"
 
 
 def test_narrow_strided_1x1_turns_onednn_off_only_when_needed():
@@ -371,7 +373,7 @@ def test_narrow_strided_1x1_turns_onednn_off_only_when_needed():
     (ResNet-18 at --width 4) crashes the process; wide models keep oneDNN."""
     import torch
 
-    from train.loop import avoid_onednn_narrow_strided_1x1
+    from train.classifier import avoid_onednn_narrow_strided_1x1
 
     before = torch.backends.mkldnn.enabled
     try:

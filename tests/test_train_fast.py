@@ -14,13 +14,14 @@ from ppdata.shards import open_shards
 from test_train import _interrupt_after, folders, read_log, sample_arrays, tiny  # noqa: F401
 
 from train import data as D
-from train import loop as L
+from train import classifier, config, evaluation, preprocess, runtime
 from train.fast import PROFILE
-from train.loop import load_model, run
+from train.classifier import load_model
+from train.cli import run
 from train.models import ResNet18
 
 
-def fast(**kw) -> L.Config:
+def fast(**kw) -> config.Config:
     return tiny(**{**PROFILE, "epochs": 2, "batch_size": 8, "eval_batch_size": 16, "eval_every": 1, **kw})
 
 
@@ -35,7 +36,7 @@ def test_profile_fast_runs_the_fast_recipe_with_fold_input(tmp_path, folders):
     m = json.loads((out / "metrics.json").read_text())
     assert m["recipe"] == "fast" and m["profile"] == "fast" and m["complete"] and m["epochs_done"] == 2
     assert m["input"] == {"mode": "fold", "sort": True}  # auto: NP+CS shards -> fold, channels sorted
-    assert m["augment"] == {"flip": True, "shift": 4, "fill": "reflect"} and m["tta"] is True
+    assert m["augment"] == {"flip": True, "shift": 4, "fill": "reflect"} and m["tta"] == 1
     assert m["config"]["norm_bias_decay"] is False and m["ema"]["decay_per_step"] == PROFILE["ema"]
     v = m["fast"]["variants"]
     assert set(v["test"]) == {"live", "live+tta", "ema", "ema+tta"}
@@ -62,15 +63,15 @@ def test_input_raw_stays_available_and_plain_shards_get_raw(tmp_path, folders):
 
 
 def test_no_weight_decay_on_batchnorm_and_biases():
-    model = L.Classifier(L.Preprocess([0] * 3, [1] * 3), ResNet18(width=4))
-    decay, free = L.param_groups(model, 5e-4, norm_bias_decay=False)
+    model = classifier.Classifier(preprocess.Preprocess([0] * 3, [1] * 3), ResNet18(width=4))
+    decay, free = classifier.param_groups(model, 5e-4, norm_bias_decay=False)
     bn = {id(p) for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d) for p in m.parameters()}
     assert decay["weight_decay"] == 5e-4 and free["weight_decay"] == 0.0
     assert {id(p) for p in free["params"]} == bn | {id(model.net.fc.bias)}
     assert all(p.ndim == 4 for p in decay["params"] if p is not model.net.fc.weight)
     assert len(decay["params"]) + len(free["params"]) == len(list(model.parameters()))
     # a step with zero gradients: weight decay shrinks conv weights, leaves BatchNorm alone
-    opt = L.make_optimizer(fast(), model, "foreach")
+    opt = classifier.make_optimizer(fast(), model, "foreach")
     conv, gamma = model.net.stem[0].weight.detach().clone(), model.net.stem[1].weight.detach().clone()
     for p in model.parameters():
         p.grad = torch.zeros_like(p)
@@ -81,16 +82,16 @@ def test_no_weight_decay_on_batchnorm_and_biases():
 def test_flip_tta_is_the_mean_of_the_image_and_mirror_logits(folders):
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10))  # not mirror-symmetric
-    model = L.Classifier(L.Preprocess([127.5] * 3, [64] * 3), net).eval()
+    model = classifier.Classifier(preprocess.Preprocess([127.5] * 3, [64] * 3), net).eval()
     shards = open_shards(folders["npcs"], "test")
-    es = L.EvalSet("test", shards, D.load_split(shards))
+    es = evaluation.EvalSet("test", shards, D.load_split(shards))
     x = es.split.images.permute(0, 3, 1, 2)
     with torch.no_grad():
         mean_logits = model(x) + model(x.flip(3))
         plain = model(x)
     want = (mean_logits.argmax(1) == es.split.labels).float().mean().item()
-    assert L.evaluate(model, es, fast(), L.Proc(), False, tta=True) == pytest.approx(want)
-    assert L.evaluate(model, es, fast(), L.Proc(), False) == pytest.approx(
+    assert evaluation.evaluate(model, es, fast(), runtime.Proc(), False, tta=True) == pytest.approx(want)
+    assert evaluation.evaluate(model, es, fast(), runtime.Proc(), False) == pytest.approx(
         (plain.argmax(1) == es.split.labels).float().mean().item())
     assert not torch.equal(mean_logits.argmax(1), plain.argmax(1))  # TTA changes some predictions
 

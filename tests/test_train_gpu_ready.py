@@ -23,8 +23,8 @@ from ppdata.shards import open_shards
 from test_train import N_TRAIN, _interrupt_after, _make, folders, read_log, sample_arrays, tiny  # noqa: F401
 
 from train import data as D
-from train import loop as L
-from train.loop import run
+from train import classifier, config, cpu, fast, paper, runtime
+from train.cli import run
 from train.models import ResNet18
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,13 +56,13 @@ def test_stream_workers_start_under_spawn_and_forkserver(folders, method):
 DRIVER = r'''
 import os, sys
 import torch
-from train import loop
+from train import paper
 
 spy_dir, rank = sys.argv[1], int(os.environ["RANK"])
 if os.environ.get("SMALL_MEMORY_RANK") == str(rank):  # this process sees almost no free memory
     real_sysconf = os.sysconf
     os.sysconf = lambda name: 1 if name == "SC_AVPHYS_PAGES" else real_sysconf(name)
-real_evaluate, calls = loop.evaluate, []
+real_evaluate, calls = paper.evaluate, []
 
 def spy(model, es, *a, **k):  # the BatchNorm statistics each process evaluates with
     torch.save({n: b.detach().cpu().clone() for n, b in model.named_buffers() if "running" in n},
@@ -70,7 +70,7 @@ def spy(model, es, *a, **k):  # the BatchNorm statistics each process evaluates 
     calls.append(1)
     return real_evaluate(model, es, *a, **k)
 
-loop.evaluate = spy
+paper.evaluate = spy
 from train.resnet import main
 main(sys.argv[2:])
 '''
@@ -127,7 +127,7 @@ def test_sync_batchnorm_stats_is_a_no_op_without_ddp():
     model = ResNet18(width=4)
     model.train()(torch.randn(4, 3, 32, 32))
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    L.sync_batchnorm_stats(model, L.Proc())
+    runtime.sync_batchnorm_stats(model, runtime.Proc())
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
@@ -172,7 +172,7 @@ def _spy_model(monkeypatch) -> dict:
     """Record, from the model's first forward pass in training, the dtype of the logits and
     whether the first convolution saw a channels_last input."""
     seen: dict = {}
-    real = L.make_model
+    real = classifier.make_model
 
     def logits(mod, inputs, out):
         seen.setdefault("dtype", out.dtype)
@@ -186,17 +186,18 @@ def _spy_model(monkeypatch) -> dict:
         m.net.stem[0].register_forward_pre_hook(first_conv)
         return m
 
-    monkeypatch.setattr(L, "make_model", make)
+    for recipe in (paper, fast, cpu):  # each recipe builds its model with make_model
+        monkeypatch.setattr(recipe, "make_model", make)
     return seen
 
 
-@pytest.mark.parametrize("recipe", ["loop", "fast"])
+@pytest.mark.parametrize("recipe", ["paper", "fast"])
 def test_bf16_channels_last_and_fused_sgd_run_on_cpu(tmp_path, folders, monkeypatch, recipe):
     seen = _spy_model(monkeypatch)
     cfg = tiny(amp="bf16", channels_last=True)
     cfg.sgd = "fused"
     if recipe == "fast":
-        cfg.recipe, cfg.ema, cfg.tta = "fast", 0.9, True
+        cfg.recipe, cfg.ema, cfg.tta = "fast", 0.9, 1
     m = run(cfg, folders["npcs"], tmp_path / "r", device="cpu", quiet=True)
     assert m["effective"]["amp"] == "bf16" and m["effective"]["channels_last"] is True
     assert m["effective"]["sgd"] == "fused"
@@ -208,9 +209,11 @@ def test_auto_settings_on_cpu(tmp_path, folders, monkeypatch):
     seen = _spy_model(monkeypatch)
     m = run(tiny(amp="auto", channels_last=None, sgd="auto"), folders["npcs"], tmp_path / "r", device="cpu",
             quiet=True)
-    assert m["effective"]["amp"] == "off" and m["effective"]["channels_last"] is True
-    assert m["effective"]["sgd"] == "foreach" and seen == {"dtype": torch.float32, "channels_last": True}
-    k = L.Kernels.of(tiny(amp="auto", channels_last=None, sgd="auto"), torch.device("cuda"))
+    bf16 = runtime.cpu_has_bf16()  # auto: bf16 where the CPU multiplies bf16 natively (AMX, AVX512-BF16)
+    assert m["effective"]["amp"] == ("bf16" if bf16 else "off") and m["effective"]["channels_last"] is True
+    assert m["effective"]["sgd"] == "foreach"
+    assert seen == {"dtype": torch.bfloat16 if bf16 else torch.float32, "channels_last": True}
+    k = runtime.Kernels.of(tiny(amp="auto", channels_last=None, sgd="auto"), torch.device("cuda"))
     assert (k.amp, k.channels_last, k.sgd) == (True, True, "fused")  # what a GPU gets
 
 
@@ -232,7 +235,7 @@ def test_sgd_implementations_take_the_same_steps(nesterov):
         if impl == "init":
             params[impl] = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
             continue
-        opt = L.make_optimizer(cfg, model, impl)
+        opt = classifier.make_optimizer(cfg, model, impl)
         assert opt.defaults["fused"] is (True if impl == "fused" else None)
         for _ in range(3):
             opt.zero_grad()
@@ -245,7 +248,7 @@ def test_sgd_implementations_take_the_same_steps(nesterov):
 
 
 @pytest.mark.slow  # dynamo tracing and AOT autograd of ResNet-18: ~10 s each
-@pytest.mark.parametrize("recipe", ["loop", "fast"])
+@pytest.mark.parametrize("recipe", ["paper", "fast"])
 def test_compile_runs_on_cpu(tmp_path, folders, monkeypatch, recipe):
     """--compile through dynamo and AOT autograd (the ``aot_eager`` backend: inductor's code
     generation takes about 90 s for this model on two CPU cores; docs/train.md)."""
@@ -268,11 +271,11 @@ def test_compile_runs_on_cpu(tmp_path, folders, monkeypatch, recipe):
 # 6. warm-up (autotuning, compilation) outside the clock
 
 
-@pytest.mark.parametrize("recipe", ["loop", "fast"])
+@pytest.mark.parametrize("recipe", ["paper", "fast"])
 def test_warm_up_and_compilation_are_not_timed(tmp_path, folders, monkeypatch, recipe):
     """The first training step pays for cuDNN autotuning and compilation (here: a 2 s sleep);
     training seconds and images/s must not include it, and the run must be unchanged by it."""
-    real, calls = L.train_step, []
+    real, calls = classifier.train_step, []
 
     def first_step_slow(*a, **k):
         if not calls:
@@ -282,7 +285,8 @@ def test_warm_up_and_compilation_are_not_timed(tmp_path, folders, monkeypatch, r
 
     extra = dict(recipe="fast", ema=0.9) if recipe == "fast" else {}
     with monkeypatch.context() as mp:
-        mp.setattr(L, "train_step", first_step_slow)
+        for recipe in (paper, fast):
+            mp.setattr(recipe, "train_step", first_step_slow)
         m = run(tiny(**extra), folders["npcs"], tmp_path / "r", device="cpu", quiet=True)
     assert m["train_seconds"] < 1.5 and m["images_per_s"] > N_TRAIN / 1.5
     assert m["prewarm_seconds"] >= 2.0
@@ -295,7 +299,7 @@ def test_warm_up_and_compilation_are_not_timed(tmp_path, folders, monkeypatch, r
 
 
 def test_clock_times_cpu_work():
-    c = L.Clock(torch.device("cpu"))
+    c = runtime.Clock(torch.device("cpu"))
     c.start()
     time.sleep(0.05)
     assert 0.04 < c.stop() < 1.0
@@ -373,5 +377,5 @@ def test_torch_floor_covers_fused_sgd():
     #123629); torchvision 0.19 pairs with torch 2.4."""
     assert _floor("torch") >= (2, 4)
     assert _floor("torchvision") >= (0, 19)
-    needs = [tuple(int(p) for p in v.split(".")) for v in L.TORCH_NEEDS.values()]
+    needs = [tuple(int(p) for p in v.split(".")) for v in config.TORCH_NEEDS.values()]
     assert (2, 4) in needs and _floor("torch") >= max(needs)

@@ -1,7 +1,10 @@
 """The command line shared by ``python -m train.resnet`` and ``python -m train.densenet``.
 
 Each entry point passes its model name, its profiles (sets of ``Config`` overrides) and its
-model options; every other option overrides one field of the chosen profile.
+model options; every other option overrides one field of the chosen profile. The profile's
+``recipe`` picks the training code, here and only here (``RECIPES``): ``train.paper`` (step or
+one-cycle schedule, DDP, streaming), ``train.fast`` (one GPU, data on the device) or
+``train.cpu`` (airbench's network and tricks on a CPU).
 """
 from __future__ import annotations
 
@@ -15,17 +18,29 @@ import click
 
 from ppdata.errors import PpdataError
 
+from . import cpu, fast, paper
 from .adapt import ADAPTERS, AUTO
 from .augment import FILLS
 from .data import DATA_MODES
-from .loop import AMPS, INPUT_MODES, SCHEDULES, SGDS, Config, run, under_torchrun
+from .config import AMPS, INPUT_MODES, SCHEDULES, SGDS, Config
+from .runtime import under_torchrun
 from .preprocess import NORMS
+
+RECIPES: dict[str, Callable[..., dict]] = {"paper": paper.run, "fast": fast.run, "cpu": cpu.run}
+
+
+def run(cfg: Config, shards_dir, out, eval_dirs=(), **kw) -> dict:
+    """Train ``cfg`` with its recipe (``cfg.recipe``); see ``train.paper.run`` for the arguments."""
+    if cfg.recipe not in RECIPES:
+        raise PpdataError(f"recipe: must be one of {', '.join(RECIPES)}, not {cfg.recipe!r}")
+    return RECIPES[cfg.recipe](cfg, shards_dir, out, list(eval_dirs), **kw)
+
 
 # CLI option -> Config field (None values are "not given": the profile's value stays)
 _OVERRIDES = ("train_split", "epochs", "batch_size", "lr", "momentum", "weight_decay", "schedule", "warmup",
               "label_smoothing", "shift", "fill", "input", "norm", "amp", "channels_last", "compile",
               "data", "workers", "seed", "eval_every", "checkpoint_every", "nesterov", "adapt", "sgd", "ema",
-              "tta")
+              "tta", "lookahead")
 
 
 def make_command(model: str, profiles: dict[str, dict], model_options: dict[str, Callable], doc: str,
@@ -72,7 +87,11 @@ def make_command(model: str, profiles: dict[str, dict], model_options: dict[str,
     @click.option("--compile/--no-compile", default=None, help="torch.compile the model (not timed: warm-up).")
     @click.option("--ema", type=click.FloatRange(0, 1, max_open=True),
                   help="Fast recipe: EMA decay per step of the evaluated weights (0: none).")
-    @click.option("--tta/--no-tta", default=None, help="Fast recipe: evaluate on each image and its mirror.")
+    @click.option("--tta", type=click.IntRange(0, 2), is_flag=False, flag_value=1, metavar="[LEVEL]",
+                  help="Test-time augmentation: 1 (--tta) the mean of the logits of each image and its mirror; "
+                       "2 also one-pixel shifts (cpu recipe); 0 (--no-tta) none.")
+    @click.option("--no-tta", "tta", flag_value=0, help="No test-time augmentation.")
+    @click.option("--lookahead/--no-lookahead", default=None, help="CPU recipe: lookahead to a slow copy of the weights.")
     @click.option("--data", type=click.Choice(DATA_MODES), help="memory: whole split on the device; stream: webdataset/HDF5 workers.")
     @click.option("--workers", type=click.IntRange(min=0), help="DataLoader workers for --data stream.")
     @click.option("--seed", type=int)
@@ -84,7 +103,7 @@ def make_command(model: str, profiles: dict[str, dict], model_options: dict[str,
     @click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
     def command(shards, profile, out, eval_dirs, augment, device, resume, overwrite, quiet, **opts):
         model_args = {k: v for k in model_options if (v := opts.pop(k)) is not None}
-        cfg = Config(model=model, profile=profile, **profiles[profile])
+        cfg = Config(**{"model": model, **profiles[profile], "profile": profile})
         cfg.model_args = {**cfg.model_args, **model_args}
         for k in _OVERRIDES:
             if opts.get(k) is not None:

@@ -29,10 +29,10 @@ lives on the device and nothing inside an epoch waits for the host. In order:
 
 Every setting is a ``Config`` field: ``PROFILE`` below holds the recipe's values and each can be
 overridden on the command line (``--epochs``, ``--lr``, ``--ema``, ``--no-tta``, ...). The run
-folder is the one ``train.loop`` writes (log.csv, metrics.json, checkpoint.pt with the EMA
-weights, so ``train.loop.load_model`` returns the evaluated model); ``metrics.json`` adds
+folder is the one every recipe writes (``train.rundir``: log.csv, metrics.json, checkpoint.pt
+with the EMA weights, so ``train.classifier.load_model`` returns the evaluated model); ``metrics.json`` adds
 ``fast.variants``: the final accuracy of the live and the EMA weights, with and without TTA.
-One process, one device: under torchrun use another profile (``train.loop``).
+One process, one device: under torchrun use the paper recipe (``train.paper``).
 """
 from __future__ import annotations
 
@@ -48,16 +48,21 @@ from ppdata.errors import PpdataError
 from ppdata.shards import open_shards
 
 from . import data as D
-from . import loop as L
 from .augment import Augment
+from .classifier import make_model, make_optimizer, set_lr, train_step
+from .config import Config, lr_at, resolve, train_split_of
+from .evaluation import EvalSet, eval_sets, evaluate, scheme_text
 from .models import count_parameters
 from .preprocess import norm_stats
+from .rundir import (CHECKPOINT, LOG, METRICS, atomic_json, atomic_save, check_resume, eval_summary, log_fields,
+                     prepare_out, write_log)
+from .runtime import Clock, Kernels, describe_device, prewarm, say_fn, setup_process, synthetic_batch, under_torchrun
 
 PROFILE = dict(
     recipe="fast", epochs=40, batch_size=512,                         # 2M training images seen
     lr=0.4, schedule="onecycle", warmup=0.2,                          # one-cycle, peak 0.4 at 20%
     momentum=0.9, nesterov=True, weight_decay=5e-4, norm_bias_decay=False,
-    label_smoothing=0.1, ema=0.99, tta=True,
+    label_smoothing=0.1, ema=0.99, tta=1,
     flip=True, shift=4, fill="reflect", input="auto", norm="train",   # fold for NP / NP+CS shards
     amp="auto", channels_last=None, sgd="auto",                       # bf16, fused on CUDA; NHWC
     data="memory", eval_every=10, checkpoint_every=10, eval_batch_size=2000,
@@ -65,7 +70,7 @@ PROFILE = dict(
 EMA_EVERY = 5  # steps between EMA updates
 
 
-def run(cfg: L.Config, shards_dir, out, eval_dirs=(), device: str = "auto", resume: bool = False,
+def run(cfg: Config, shards_dir, out, eval_dirs=(), device: str = "auto", resume: bool = False,
         overwrite: bool = False, quiet: bool = False, command: str | None = None) -> dict:
     """Train ``cfg`` (``recipe="fast"``) on ``shards_dir``; write and return the metrics."""
     t_start = time.perf_counter()
@@ -73,22 +78,22 @@ def run(cfg: L.Config, shards_dir, out, eval_dirs=(), device: str = "auto", resu
     if cfg.data == "stream":
         raise PpdataError("--data stream: the fast recipe keeps the data on the device; stream with another "
                           "profile (--profile paper or smoke, or your own options)")
-    if L.under_torchrun():
+    if under_torchrun():
         raise PpdataError("the fast recipe runs in one process on one device; under torchrun use another "
                           "profile (--profile paper or smoke, or your own options)")
-    proc = L.setup_process(device)
-    dev, kern, say, out = proc.device, L.Kernels.of(cfg, proc.device), L.say_fn(quiet, proc), Path(out)
+    proc = setup_process(device)
+    dev, kern, say, out = proc.device, Kernels.of(cfg, proc.device), say_fn(quiet, proc), Path(out)
 
     # 1. data: every split on the device, once ------------------------------------------------
-    cfg.train_split = L.train_split_of(cfg, shards_dir, say)
+    cfg.train_split = train_split_of(cfg, shards_dir, say)
     train = open_shards(shards_dir, cfg.train_split)
     if not train.classes:
         raise PpdataError(f"{shards_dir}: the manifest lists no classes")
-    L.resolve(cfg, train, str(shards_dir))  # --input auto -> fold or raw; --adapt auto -> a network
-    evals = L.eval_sets(train, shards_dir, list(eval_dirs), cfg.test_split)
-    ck = L.prepare_out(out, resume, overwrite)
+    resolve(cfg, train, str(shards_dir))  # --input auto -> fold or raw; --adapt auto -> a network
+    evals = eval_sets(train, shards_dir, list(eval_dirs), cfg.test_split)
+    ck = prepare_out(out, resume, overwrite)
     if ck is not None:
-        L.check_resume(cfg, ck, train)
+        check_resume(cfg, ck, train)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     data = D.load_split(train, dev)
@@ -104,10 +109,10 @@ def run(cfg: L.Config, shards_dir, out, eval_dirs=(), device: str = "auto", resu
 
     # 3. network, EMA, optimiser ----------------------------------------------------------------
     torch.manual_seed(cfg.seed)
-    model = L.make_model(cfg, len(train.classes), mean, std, sort, dev, kern.channels_last)
+    model = make_model(cfg, len(train.classes), mean, std, sort, dev, kern.channels_last)
     ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema ** EMA_EVERY), use_buffers=True)
            if cfg.ema else None)
-    opt = L.make_optimizer(cfg, model, kern.sgd)  # no weight decay on BatchNorm and biases
+    opt = make_optimizer(cfg, model, kern.sgd)  # no weight decay on BatchNorm and biases
     history: list[dict] = []
     start_epoch, prior_seconds = 0, 0.0
     if ck is not None:
@@ -123,12 +128,12 @@ def run(cfg: L.Config, shards_dir, out, eval_dirs=(), device: str = "auto", resu
         return ema.module if ema is not None else model
 
     def step(x, y, lr: float, gen):
-        L.set_lr(opt, lr)
-        return L.train_step(step_model, opt, x, y, augment, gen, kern.amp, cfg.label_smoothing)
+        set_lr(opt, lr)
+        return train_step(step_model, opt, x, y, augment, gen, kern.amp, cfg.label_smoothing)
 
     info = {
         "model": cfg.model, "params": count_parameters(model.net), "profile": cfg.profile, "recipe": "fast",
-        "command": command, "config": cfg.to_json(), "device": L.describe_device(proc), "world_size": 1,
+        "command": command, "config": cfg.to_json(), "device": describe_device(proc), "world_size": 1,
         "torch": torch.__version__,
         "effective": {**kern.describe(), "compile": cfg.compile, "data": "memory", "ddp": False,
                       "steps_per_epoch": steps, "global_batch": cfg.batch_size},
@@ -139,20 +144,20 @@ def run(cfg: L.Config, shards_dir, out, eval_dirs=(), device: str = "auto", resu
                   if model.adapt is not None else None),
         "augment": augment.describe(), "ema": {"decay_per_step": cfg.ema, "every": EMA_EVERY}, "tta": cfg.tta,
     }
-    fields = L.log_fields(evals, history)
-    L.write_log(out / L.LOG, fields, history)
+    fields = log_fields(evals, history)
+    write_log(out / LOG, fields, history)
     say(f"fast recipe: {cfg.model} ({info['params']:,} parameters), {info['device']}; {len(train):,} "
-        f"training images ({L._scheme_text(train)}), input {cfg.input}, on the device in {load_seconds:.1f}s; "
+        f"training images ({scheme_text(train)}), input {cfg.input}, on the device in {load_seconds:.1f}s; "
         f"{kern.describe()}; eval on " + ", ".join(f"{es.name} ({len(es.shards):,})" for es in evals))
 
     # 4. warm-up outside the clock (cuDNN autotuning, compilation); state restored after -----------
     prewarm_seconds = 0.0
     if start_epoch < cfg.epochs:
-        wx, wy = L.synthetic_batch(train.shape, cfg.batch_size, len(train.classes), dev, cfg.seed)
+        wx, wy = synthetic_batch(train.shape, cfg.batch_size, len(train.classes), dev, cfg.seed)
         wgen = D.generator(dev, cfg.seed, 0xC0FFEE)
-        warm_eval = L.EvalSet("warm-up", train, D.Split(train, wx, wy))
-        prewarm_seconds = L.prewarm(cfg.prewarm, model, opt, lambda: step(wx, wy, cfg.lr, wgen),
-                                    lambda: L.evaluate(model, warm_eval, cfg, proc, kern.amp, cfg.tta))
+        warm_eval = EvalSet("warm-up", train, D.Split(train, wx, wy))
+        prewarm_seconds = prewarm(cfg.prewarm, model, opt, lambda: step(wx, wy, cfg.lr, wgen),
+                                    lambda: evaluate(model, warm_eval, cfg, proc, kern.amp, cfg.tta))
 
     def metrics(complete: bool) -> dict:
         train_s = sum(h["train_seconds"] for h in history)
@@ -163,17 +168,17 @@ def run(cfg: L.Config, shards_dir, out, eval_dirs=(), device: str = "auto", resu
                 "images_per_s": seen / train_s if train_s else None,
                 "final_train_loss": history[-1]["train_loss"] if history else None,
                 "final_train_acc": history[-1]["train_acc"] if history else None,
-                "eval": L.eval_summary(evals, history)}
+                "eval": eval_summary(evals, history)}
 
     def save_checkpoint(epoch: int) -> None:
-        L._atomic_save({"config": cfg.to_json(), "epoch": epoch, "model": evaluated().state_dict(),
+        atomic_save({"config": cfg.to_json(), "epoch": epoch, "model": evaluated().state_dict(),
                         "live": model.state_dict(), "ema": ema.state_dict() if ema is not None else None,
                         "optimizer": opt.state_dict(), "history": history, "norm": {"mean": mean, "std": std},
                         "train": info["train"], "seconds": prior_seconds + time.perf_counter() - t_start},
-                       out / L.CHECKPOINT)
+                       out / CHECKPOINT)
 
     # 5. train ----------------------------------------------------------------------------------
-    clock = L.Clock(dev)
+    clock = Clock(dev)
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
         clock.start()
@@ -184,7 +189,7 @@ def run(cfg: L.Config, shards_dir, out, eval_dirs=(), device: str = "auto", resu
                    disable=quiet, mininterval=1.0, unit="batch")
         for i, (x, y) in enumerate(batches.epoch(epoch)):
             n_step = epoch * steps + i
-            lr = L.lr_at(cfg, n_step, steps)
+            lr = lr_at(cfg, n_step, steps)
             loss, logits = step(x, y, lr, gen)
             if ema is not None and (n_step + 1) % EMA_EVERY == 0:
                 u = (n_step + 1) // EMA_EVERY  # the decay warms up: early weights fade fast in short runs
@@ -201,13 +206,13 @@ def run(cfg: L.Config, shards_dir, out, eval_dirs=(), device: str = "auto", resu
         last = epoch + 1 == cfg.epochs
         for es in evals:  # 6. evaluation: the EMA weights, flip TTA
             due = last or (epoch + 1) % max(1, cfg.eval_every) == 0
-            row[f"acc_{es.name}"] = L.evaluate(evaluated(), es, cfg, proc, kern.amp, cfg.tta) if due else ""
+            row[f"acc_{es.name}"] = evaluate(evaluated(), es, cfg, proc, kern.amp, cfg.tta) if due else ""
         row["elapsed_seconds"] = prior_seconds + time.perf_counter() - t_start
         history.append(row)
-        L.write_log(out / L.LOG, fields, history)
+        write_log(out / LOG, fields, history)
         if last or (epoch + 1) % max(1, cfg.checkpoint_every) == 0:
             save_checkpoint(epoch + 1)
-        L._atomic_json(metrics(False), out / L.METRICS)
+        atomic_json(out / METRICS, metrics(False))
         accs = "  ".join(f"{es.name} {row[f'acc_{es.name}']:.2%}" for es in evals if row[f"acc_{es.name}"] != "")
         say(f"epoch {epoch + 1:3d}/{cfg.epochs}  loss {row['train_loss']:.4f}  train {row['train_acc']:.2%}  "
             f"{accs}  lr {lr:.4g}  {train_s:.1f}s ({row['images_per_s']:,.0f} img/s)")
@@ -215,10 +220,10 @@ def run(cfg: L.Config, shards_dir, out, eval_dirs=(), device: str = "auto", resu
     # the final accuracy of the live and the EMA weights, with and without flip TTA
     result = metrics(True)
     nets = {"live": model, **({"ema": ema.module} if ema is not None else {})}
-    result["fast"] = {"variants": {es.name: {f"{k}{'+tta' if t else ''}": L.evaluate(m, es, cfg, proc, kern.amp, t)
+    result["fast"] = {"variants": {es.name: {f"{k}{'+tta' if t else ''}": evaluate(m, es, cfg, proc, kern.amp, t)
                                              for k, m in nets.items() for t in (False, True)} for es in evals}}
-    L._atomic_json(result, out / L.METRICS)
+    atomic_json(out / METRICS, result)
     say(f"done in {result['seconds']:.1f}s ({result['train_seconds']:.1f}s training): " + ", ".join(
         f"{k} {v['final_acc']:.2%}" for k, v in result["eval"].items() if v["final_acc"] is not None)
-        + f"; {out / L.METRICS}")
+        + f"; {out / METRICS}")
     return result

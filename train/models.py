@@ -10,6 +10,9 @@ model                     parameters  structure
 al., Table 2: "1.0M")                 compression: 3x3 stem to 16 channels, three dense
                                       blocks of 12 BN-ReLU-Conv3x3 layers, transitions
                                       BN-ReLU-Conv1x1-AvgPool2, BN-ReLU, global pool, linear
+``airnet`` (airbench94)    1,972,792   2x2 whitening conv (fixed filters, learned bias), three
+                                      groups conv3x3-maxpool-BN-GELU-conv3x3-BN-GELU at
+                                      widths 64/256/256, global max-pool, linear / 9
 ========================  ==========  ===================================================
 
 Counts are for 10 classes at the default width. The ResNet-18 count equals torchvision's
@@ -146,3 +149,87 @@ class DenseNet(nn.Module):
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+# ---------------------------------------------------------------------------------------------
+# AirNet: the airbench94 network (Jordan, "94% on CIFAR-10 in 3.29 seconds on a single GPU", 2024)
+
+
+class _FrozenScaleBN(nn.BatchNorm2d):
+    """BatchNorm with a fixed scale of 1 (only the bias learns), eps 1e-12; ``momentum`` is
+    airbench's (the weight of the running statistics), torch's is 1 - momentum."""
+
+    def __init__(self, channels: int, momentum: float = 0.6):
+        super().__init__(channels, eps=1e-12, momentum=1 - momentum)
+        self.weight.requires_grad = False
+
+
+class _ConvGroup(nn.Module):
+    """conv3x3 - maxpool2 - BN - GELU - conv3x3 - BN - GELU; the convolutions start as identities
+    on their first ``cin`` output channels (Dirac init)."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1, bias=False)
+        self.norm1 = _FrozenScaleBN(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.norm2 = _FrozenScaleBN(cout)
+        for c in (self.conv1, self.conv2):
+            nn.init.dirac_(c.weight.data[: c.in_channels])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.gelu(self.norm1(F.max_pool2d(self.conv1(x), 2)))
+        return F.gelu(self.norm2(self.conv2(x)))
+
+
+class AirNet(nn.Module):
+    """The airbench94 network for 32x32 inputs (any size divisible by 8 works; the head pools).
+
+    A 2x2 whitening convolution (24 filters: the eigenvectors of the training patches'
+    covariance and their negatives, fixed; only its bias learns, for the first epochs), GELU,
+    three conv groups at ``widths`` (airbench94: 64/256/256), a global max-pool, a linear head
+    without bias scaled by 1/9. BatchNorm has no learned scale. ``init_whiten`` must be called
+    with normalised training images before training (until then the whitening is random).
+    Inputs are normalised float (B, 3, H, W) tensors (see ``train.preprocess``)."""
+
+    WHITEN_KERNEL = 2
+
+    def __init__(self, num_classes: int = 10, widths: tuple | list = (64, 256, 256), scale: float = 1 / 9):
+        super().__init__()
+        if len(widths) != 3 or min(widths) < 1:
+            raise ValueError(f"AirNet widths must be three positive integers, got {widths!r}")
+        k = self.WHITEN_KERNEL
+        self.whiten = nn.Conv2d(3, 2 * 3 * k * k, k, padding=0, bias=True)
+        self.whiten.weight.requires_grad = False
+        self.whiten_bias_grad = True  # the recipe freezes the bias after its first epochs
+        w1, w2, w3 = (int(w) for w in widths)
+        self.layers = nn.Sequential(_ConvGroup(2 * 3 * k * k, w1), _ConvGroup(w1, w2), _ConvGroup(w2, w3))
+        self.head = nn.Linear(w3, num_classes, bias=False)
+        self.scale = scale
+        with torch.no_grad():
+            self.head.weight.mul_(1 / self.head.weight.std())
+
+    @torch.no_grad()
+    def init_whiten(self, images: torch.Tensor, eps: float = 5e-4) -> None:
+        """Set the whitening filters from normalised float images (B, 3, H, W): the
+        eigenvectors of the covariance of their 2x2 patches, scaled by 1/sqrt(eigenvalue + eps),
+        and their negatives."""
+        k = self.WHITEN_KERNEL
+        c = images.shape[1]
+        patches = images.float().unfold(2, k, 1).unfold(3, k, 1).transpose(1, 3).reshape(-1, c, k, k)
+        flat = patches.reshape(len(patches), -1)
+        cov = (flat.T @ flat).double() / len(flat)
+        evals, evecs = torch.linalg.eigh(cov)
+        filters = (evecs.T.reshape(-1, c, k, k) / torch.sqrt(evals.view(-1, 1, 1, 1) + eps)).float()
+        self.whiten.weight.copy_(torch.cat((filters, -filters)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b = self.whiten.bias if self.whiten_bias_grad else self.whiten.bias.detach()
+        x = F.gelu(F.conv2d(x, self.whiten.weight, b))
+        x = self.layers(x)
+        x = torch.flatten(F.adaptive_max_pool2d(x, 1), 1)
+        return self.head(x) * self.scale
+
+
+# the networks by name (``Config.model``); each takes ``num_classes`` and its ``model_args``
+MODELS = {"resnet18": ResNet18, "densenet40": DenseNet, "airnet": AirNet}

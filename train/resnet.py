@@ -14,13 +14,14 @@ Profiles (every field can be overridden on the command line; see ``docs/train.md
 """
 import click
 
-from . import fast
+from . import cpu, fast
 from .cli import make_command
 
 PROFILES = {
     "paper": dict(epochs=200, batch_size=128, lr=0.1, momentum=0.9, nesterov=False, weight_decay=5e-4,
                   schedule="step", milestones=[60, 120, 160], gamma=0.2, amp="off", channels_last=None),
     "fast": dict(fast.PROFILE),  # train/fast.py: the whole recipe in one file
+    "cpu": dict(cpu.PROFILE),  # train/cpu.py: airbench's network and tricks, for a CPU
     "smoke": dict(epochs=1, batch_size=64, lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4,
                   schedule="onecycle", warmup=0.3, label_smoothing=0.1, amp="auto", channels_last=None,
                   flip=True, shift=4, workers=0),
@@ -42,10 +43,22 @@ Example:
   python -m train.resnet npcs/ --profile fast --eval plain=plain/ --input fold --out runs/npcs-fold
 """
 
+def _widths(text: str) -> list[int]:
+    try:
+        w = [int(v) for v in text.split(",")]
+    except ValueError:
+        w = []
+    if len(w) != 3 or min(w) < 1:
+        raise click.BadParameter(f"{text!r}: three positive integers, e.g. 64,256,256")
+    return w
+
+
 main = make_command(
     "resnet18", PROFILES,
     {"width": click.option("--width", type=click.IntRange(min=1),
-                           help="Stem width (64 = ResNet-18; smaller for quick experiments).")},
+                           help="Stem width (64 = ResNet-18; smaller for quick experiments)."),
+     "widths": click.option("--widths", type=_widths, metavar="W1,W2,W3",
+                            help="--profile cpu: the widths of AirNet's three conv groups (default 64,256,256).")},
     HELP, model_module="train.resnet")
 
 if __name__ == "__main__":
