@@ -33,13 +33,17 @@ class Classifier(nn.Module):
         self.pre, self.net, self.channels_last = pre, net, channels_last
         self.adapt = adapt
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def net_input(self, x: torch.Tensor) -> torch.Tensor:
+        """What the network sees of NCHW uint8 ``x``: the input transform, then the adaptation network."""
         raw = self.adapt is not None and getattr(self.adapt, "raw_input", False)
         x = self.pre.transform(x) if raw else self.pre(x)
         x = x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
         if self.adapt is not None:
             x = self.adapt(x)
-        return self.net(x)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(self.net_input(x))
 
 
 def make_model(cfg: Config, num_classes: int, mean, std, sort: bool, device: torch.device,

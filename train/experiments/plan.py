@@ -112,20 +112,25 @@ class Shards:
 
 @dataclass(frozen=True)
 class Run:
-    """One training run: ``model`` on ``train``, evaluated on its test split and on ``evals``."""
+    """One training run: ``model`` on ``train``, evaluated on its test split and on ``evals``.
+    ``options``: training options of this run only (after the profile's), e.g. ``--input raw``."""
 
     model: str
     train: Shards
     adapt: str | None = None
     evals: tuple = (("plain", Shards("plain")),)
+    options: tuple = ()
 
     @property
     def slug(self) -> str:
         return f"{self.model}-{self.train.slug}" + (f"-adapt-{self.adapt}" if self.adapt else "")
 
     def canonical(self) -> dict:
-        return {"model": self.model, "train": self.train.canonical(), "adapt": self.adapt,
-                "evals": [[n, s.canonical()] for n, s in self.evals]}
+        d = {"model": self.model, "train": self.train.canonical(), "adapt": self.adapt,
+             "evals": [[n, s.canonical()] for n, s in self.evals]}
+        if self.options:  # (absent otherwise: the cache keys of runs without options stay as they were)
+            d["options"] = list(self.options)
+        return d
 
 
 @dataclass(frozen=True)
@@ -138,6 +143,7 @@ class Condition:
     series: str
     run: Run
     published: float | None = None  # accuracy published for this condition (percent), if any
+    budget: str = ""  # cifar10-cpu: "full" (the recipe's) or "small" (SMALL_BUDGET)
 
 
 @dataclass
@@ -206,7 +212,67 @@ def augmentation_types(model: str) -> list[Condition]:
     return conds
 
 
-FIGURE_NAMES = ("fig8a", "fig8b", "fig10", "fig11", "fig12", "table2")
+# ---------------------------------------------------------------------------------------------
+# cifar10-cpu: the paper's claims at the CPU recipe's scale (train/cpu.py), whole CIFAR-10
+
+# the small budget: AirNet at a quarter of the width, 400,000 training images seen (8 epochs of the
+# 50,000, or one epoch of a x8 expansion, two of a x4, four of a x2)
+SMALL_WIDTHS = "32,128,128"
+SMALL_IMAGES_EPOCHS = 8  # epochs of the unexpanded training split
+SMALL_BUDGET = (f"AirNet {SMALL_WIDTHS.replace(',', '/')}, {SMALL_IMAGES_EPOCHS * 50}K training images seen "
+                f"({SMALL_IMAGES_EPOCHS} epochs of 50K; a x8 expansion 1 epoch, x4 2, x2 4)")
+RAW = ("--input", "raw")
+
+
+def _small(sh: Shards, options: tuple = (), adapt: str | None = None) -> Run:
+    """A small-budget run: flip + shift on the device for an unexpanded folder, none for an expansion."""
+    epochs = SMALL_IMAGES_EPOCHS // sh.factor
+    aug = ("--no-augment",) if sh.factor > 1 else ()
+    return Run("resnet", sh, adapt, options=("--widths", SMALL_WIDTHS, "--epochs", str(epochs), *aug, *options))
+
+
+def cpu_table() -> list[Condition]:
+    """The conditions of ``cifar10-cpu`` (issue: the paper's table at CPU scale)."""
+    npcs_i = dict(scheme="pixel", cs=True, keys="independent")
+    full = [
+        Condition("plain", "plain", "full budget", Run("resnet", Shards("plain")), budget="full"),
+        Condition("np-independent", "NP, independent keys (fold)", "full budget",
+                  Run("resnet", Shards("pixel", cs=False, keys="independent")), budget="full"),
+        Condition("npcs-independent", "NP+CS, independent keys (fold)", "full budget",
+                  Run("resnet", Shards(**npcs_i)), budget="full"),
+        Condition("npcs-independent-raw", "NP+CS, independent keys (raw)", "full budget",
+                  Run("resnet", Shards(**npcs_i), options=RAW), budget="full"),
+        Condition("npcs-same", "NP+CS, one key (raw)", "full budget",
+                  Run("resnet", Shards("pixel", cs=True, keys="same"), options=RAW), budget="full"),
+    ]
+    small = [Condition("plain-small", "plain", "small budget", _small(Shards("plain")), budget="small"),
+             Condition("npcs-independent-small", "NP+CS, independent keys (fold)", "small budget",
+                       _small(Shards(**npcs_i)), budget="small")]
+    for keys in KEY_MODES:
+        k = SERIES[keys]
+        if keys == "same":
+            small += [Condition("icip-npcs-same", "ICIP NP+CS (raw)", k,
+                                _small(Shards("icip", cs=True, keys=keys), RAW), budget="small"),
+                      Condition("icip-npcs-same-adapt", "ICIP NP+CS + adapt. (raw)", k,
+                                _small(Shards("icip", cs=True, keys=keys), RAW, "icip"), budget="small")]
+        small += [Condition(f"etc-{keys}", "EtC", k, _small(Shards("etc", keys=keys)), budget="small"),
+                  Condition(f"le-{keys}-adapt", "Tanaka LE + adapt.", k, _small(Shards("le", keys=keys), (), "tanaka"),
+                            budget="small"),
+                  Condition(f"chaos-{keys}", "chaos+RC4", k, _small(Shards("chaos", keys=keys)), budget="small")]
+    for name, aug, domain, label in [
+            ("npcs-independent-x8-enc", "flip+shift", "encrypted", "x8 in the encrypted domain, f_d(Enc(T))"),
+            ("npcs-independent-x8-plain", "flip+shift", "plain", "x8 in the plain domain, Enc(f_d(T))"),
+            ("npcs-independent-none", "none", "encrypted", "no augmentation"),
+            ("npcs-independent-shift", "shift", "encrypted", "shift only (x4, encrypted domain)"),
+            ("npcs-independent-flip", "flip", "encrypted", "flip only (x2, encrypted domain)")]:
+        sh = Shards(augment=aug, domain=domain, **npcs_i)
+        run = _small(sh) if aug != "none" else Run("resnet", sh, options=(
+            "--widths", SMALL_WIDTHS, "--epochs", str(SMALL_IMAGES_EPOCHS), "--no-augment"))
+        small.append(Condition(name, label, "NP+CS, independent keys (fold)", run, budget="small"))
+    return full + small
+
+
+FIGURE_NAMES = ("fig8a", "fig8b", "fig10", "fig11", "fig12", "table2", "cifar10-cpu")
 
 
 DIAGONAL_NOTE = (" Shift set of the earlier reading (`ppdata augment --shifts diagonal`: flip x the four "
@@ -260,6 +326,17 @@ def figure(name: str, diagonal: bool = False) -> Figure:
                       "Fig. 8(b)'s conditions with DenseNet (L = 40, k = 12) instead of ResNet-18. Accuracy on "
                       "Enc(Q) and on plain Q.",
                       comparison("densenet", "encrypted"), metrics=(("test", "Enc(Q)"), ("plain", "plain Q")))
+    if name == "cifar10-cpu":
+        return Figure("cifar10-cpu", "The paper's claims on the whole CIFAR-10, trained on a CPU (train/cpu.py)",
+                      "Every condition trains the CPU recipe (`--profile cpu`: airbench94's network and tricks, "
+                      "train/cpu.py) on the whole CIFAR-10 copy (50,000 training, 10,000 test images) and is tested "
+                      "on Enc(Q) (the folder's own test split, encrypted as the training images were) and on plain "
+                      "Q. Full budget: the recipe as it is (AirNet 64/256/256, its epochs), for plain training and "
+                      "the proposed NP / NP+CS, under independent keys (fold input, the default) and, to compare, "
+                      "NP+CS with stored pixels under independent keys and under one key. Small budget: "
+                      f"{SMALL_BUDGET}, for the compared schemes under both key modes and the kinds and domains "
+                      "of augmentation of NP+CS under independent keys.",
+                      cpu_table(), metrics=(("test", "Enc(Q)"), ("plain", "plain Q")))
     if name == "table2":
         return Figure("table2", "Table 2: ciphertext-only attacks, mean SSIM / PSNR",
                       "The paper's 1x1 locally connected attack (and the attack package's stronger ones) against "
@@ -287,6 +364,8 @@ class Profile:
 
 
 PROFILES = {
+    # the CPU recipe (train/cpu.py); the cifar10-cpu conditions add their budgets (plan.cpu_table)
+    "cpu": Profile("cpu", ("--profile", "cpu"), {}),
     # the paper's schedules (train.resnet / train.densenet --profile paper), on the expanded shards
     "paper": Profile("paper", ("--profile", "paper"), {}),
     # minutes per condition on one GPU: 2M training images seen (40 epochs of 50K), no on-device augmentation;
@@ -300,6 +379,8 @@ PROFILES = {
 
 # table2: options of python -m attack.coa per profile (data options are added by the runner)
 ATTACK_PROFILES = {
+    # the CPU recipe (train/cpu.py); the cifar10-cpu conditions add their budgets (plan.cpu_table)
+    "cpu": Profile("cpu", ("--profile", "cpu"), {}),
     "paper": (),
     "fast": ("--epochs", "20", "--unet-epochs", "10"),
     "smoke": ("--epochs", "1", "--unet-epochs", "1", "--train-limit", "200", "--test-limit", "20",

@@ -90,7 +90,7 @@ class Harness:
         return self.work / "keys" / f"{sh.slug}-{self.shard_key(sh)}.json"
 
     def run_options(self, run: Run) -> list[str]:
-        return PROFILES[self.profile].options(run) + list(self.extra)
+        return PROFILES[self.profile].options(run) + list(run.options) + list(self.extra)
 
     def run_dir(self, run: Run) -> Path:
         key = content_key({"data": self.data.identity, "run": run.canonical(), "options": self.run_options(run)})
