@@ -31,11 +31,25 @@ def memory_gib() -> float | None:
         return None
 
 
+# CPU features that decide what a CPU trains fast with (bf16 needs AMX-BF16 or AVX512-BF16)
+FEATURES = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16")
+
+
+def cpu_features() -> list[str]:
+    """Which of ``FEATURES`` this CPU has (``/proc/cpuinfo`` flags; empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = set(next((line for line in f if line.startswith("flags")), "").split())
+    except OSError:
+        return []
+    return [x for x in FEATURES if x in flags]
+
+
 def describe(device=None) -> dict:
     """What the machine is (see module docstring); ``device``: a torch device or its name."""
     import numpy as np
 
-    d = {"cpu": cpu_name(), "cores": os.cpu_count(), "memory_gib": memory_gib(),
+    d = {"cpu": cpu_name(), "cores": os.cpu_count(), "memory_gib": memory_gib(), "cpu_features": cpu_features(),
          "python": platform.python_version(), "numpy": np.__version__}
     try:
         import torch

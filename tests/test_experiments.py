@@ -332,3 +332,54 @@ def test_smoke_experiment_end_to_end(tmp_path):
     r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stderr.count("reusing") == 2 and "-m train.resnet" not in r.stderr
     assert stamp == {n: (tmp_path / row["run_dir"] / "metrics.json").stat().st_mtime_ns for n, row in rows.items()}
+
+
+CPU_TABLE = ["plain", "np-independent", "npcs-independent", "npcs-independent-raw", "npcs-same", "plain-small",
+             "npcs-independent-small", "icip-npcs-same", "icip-npcs-same-adapt", "etc-same", "le-same-adapt",
+             "chaos-same", "etc-independent", "le-independent-adapt", "chaos-independent", "npcs-independent-x8-enc",
+             "npcs-independent-x8-plain", "npcs-independent-none", "npcs-independent-shift", "npcs-independent-flip"]
+
+
+def test_cpu_table_dry_run_budgets_and_inputs(tmp_path):
+    """cifar10-cpu: the five full-budget rows run the recipe as it is (fold for NP/NP+CS, raw where
+    named); every small-budget row sees 400,000 images: 8 epochs of the 50,000, or 1 epoch of x8,
+    2 of x4, 4 of x2, without on-device augmentation for an expansion."""
+    out = dry(["cifar10-cpu", "--profile", "cpu", "--data", "sample"], tmp_path)
+    assert listed(out) == CPU_TABLE
+    train = dict(zip(CPU_TABLE, [l for l in out.splitlines() if " -m train.resnet" in l]))
+    assert all("--profile cpu" in l and "--eval plain=" in l for l in train.values())
+    for name in CPU_TABLE[:5]:
+        assert "--widths" not in train[name] and "--epochs" not in train[name]
+        assert ("--input raw" in train[name]) == (name in ("npcs-independent-raw", "npcs-same"))
+    epochs = {"npcs-independent-x8-enc": 1, "npcs-independent-x8-plain": 1, "npcs-independent-shift": 2,
+              "npcs-independent-flip": 4}
+    for name in CPU_TABLE[5:]:
+        assert "--widths 32,128,128" in train[name]
+        assert f"--epochs {epochs.get(name, 8)} " in train[name]
+        assert ("--no-augment" in train[name]) == (name in epochs or name == "npcs-independent-none")
+    assert "--adapt icip" in train["icip-npcs-same-adapt"] and "--adapt" not in train["icip-npcs-same"]
+    assert "--adapt tanaka" in train["le-same-adapt"] and "--input raw" in train["icip-npcs-same"]
+    assert "--augment flip,shift" in out and "augment " in out  # Enc(f_d(T)) by the client, f_d(Enc(T)) by the server
+
+
+def test_cpu_table_end_to_end_on_the_sample(tmp_path):
+    """Two conditions of cifar10-cpu on the embedded sample with tiny widths: the report, the
+    summary in the issue's schema, the machine description and the runs' metrics."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "train.experiments", "cifar10-cpu", "--profile", "cpu", "--data", "sample",
+           "--only", "plain,npcs-independent", "--train-args", "--widths 8,16,16 --epochs 1", "--work", "w",
+           "--results", "res"]
+    r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = tmp_path / "res"
+    summ = json.loads((res / "summary.json").read_text())["conditions"]
+    assert set(summ) == {"plain", "npcs-independent"}
+    for name, s in summ.items():
+        m = json.loads((res / "runs" / name / "metrics.json").read_text())
+        assert s["enc_q"] == round(100 * m["eval"]["test"]["final_acc"], 2) and s["budget"] == "full"
+        assert s["plain_q"] == round(100 * m["eval"]["plain"]["final_acc"], 2) and s["epochs"] == 1
+        assert s["cpu_minutes"] == round(m["seconds"] / 60, 2) and m["recipe"] == "cpu"
+    assert summ["npcs-independent"]["enc_q"] == summ["npcs-independent"]["plain_q"]  # fold: Q and Enc(Q) alike
+    report = (res / "report.md").read_text()
+    assert "plain - NP+CS (independent keys, fold)" in report and "2 of 20 conditions measured" in report
+    assert json.loads((res / "machine.json").read_text())["cores"] == os.cpu_count()

@@ -32,7 +32,9 @@ adapted to a CPU. In order:
 8. Speed. bf16 autocast when the CPU has bf16 matrix instructions (AMX or AVX512-BF16; measured
    there: 3-4x float32, see ``bench/results/``), else float32; NHWC; all cores as threads of one
    process; the foreach SGD step. The clock covers everything (loading, whitening, training,
-   evaluation): ``seconds`` in metrics.json is what the user waits.
+   evaluation): ``seconds`` in metrics.json is what the user waits; ``cpu_seconds`` the process's CPU
+   time; ``load_average`` the machine's 1/5/15-minute load at the start and the end (a run timed
+   for a target runs alone: a load near the thread count).
 
 Every setting is a ``Config`` field; ``PROFILE`` holds the recipe's values and each can be
 overridden on the command line (``--epochs``, ``--lr``, ``--widths``, ``--no-tta``, ...).
@@ -41,6 +43,7 @@ checkpoint.pt with the final weights, ``--resume`` after an interruption).
 """
 from __future__ import annotations
 
+import os
 import resource
 import sys
 import time
@@ -170,7 +173,7 @@ def cpu_seconds() -> float:
 def run(cfg: Config, shards_dir, out, eval_dirs=(), device: str = "auto", resume: bool = False,
         overwrite: bool = False, quiet: bool = False, command: str | None = None) -> dict:
     """Train ``cfg`` (``recipe="cpu"``) on ``shards_dir`` on the CPU; write and return the metrics."""
-    t_start, c_start = time.perf_counter(), cpu_seconds()
+    t_start, c_start, load_start = time.perf_counter(), cpu_seconds(), os.getloadavg()
     cfg.check()
     if device not in ("auto", "cpu"):
         raise PpdataError(f"--device {device}: the CPU recipe runs on the CPU (--profile fast for a GPU)")
@@ -255,6 +258,7 @@ def run(cfg: Config, shards_dir, out, eval_dirs=(), device: str = "auto", resume
         train_s = sum(h["train_seconds"] for h in history)
         seen = len(history) * steps * cfg.batch_size
         return {**info, "complete": complete, "epochs_done": len(history), **elapsed(),
+                "load_average": {"start": list(load_start), "end": list(os.getloadavg())},
                 "load_seconds": load_seconds, "train_seconds": train_s,
                 "images_per_s": seen / train_s if train_s else None,
                 "final_train_loss": history[-1]["train_loss"] if history else None,

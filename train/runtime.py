@@ -22,7 +22,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ppdata.errors import PpdataError
-from ppdata.machine import cpu_name
+from ppdata.machine import cpu_features, cpu_name
 from ppdata.shards import ShardSet
 
 from . import data as D
@@ -52,12 +52,7 @@ class Kernels:
 def cpu_has_bf16() -> bool:
     """True when this CPU multiplies bf16 matrices natively (AMX-BF16 or AVX512-BF16): there,
     bf16 autocast is several times faster than float32; elsewhere it is emulated and slower."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith("flags")), "").split()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
+    return bool({"amx_bf16", "avx512_bf16"} & set(cpu_features()))
 
 
 @dataclass

@@ -25,13 +25,16 @@ NAME:
   fig11   no augmentation / shift only / flip only / flip + shift (encrypted domain)
   fig12   fig8b with DenseNet-40-12
   table2  ciphertext-only attacks (python -m attack.coa)
+  cifar10-cpu  the paper's claims on the whole CIFAR-10 with the CPU recipe (--profile cpu): plain,
+          NP, NP+CS (fold, raw, one key) at the recipe's budget; the compared schemes and the kinds
+          and domains of augmentation at a small budget; also writes report.md and summary.json
   frontier  privacy against accuracy per scheme and key mode: ppdata audit of the 96x96 photos'
           test split (x: strongest realistic attack's SSIM) against the Enc(Q) accuracy of the
           finished fig8b runs (y; --accuracy CSV files)
 
 \b
 Profiles: paper (the paper's schedules), fast (minutes per condition on one GPU: 2M images seen),
-smoke (tiny networks, one epoch; CPU, --data sample).
+cpu (the CPU recipe, train/cpu.py; for cifar10-cpu), smoke (tiny networks, one epoch; CPU, --data sample).
 
 \b
 --data: sample | cifar10 | cifar100 | stl10 (torchvision, --root) | a folder with train.tar.gz and
@@ -107,6 +110,8 @@ def main(name, profile, dry_run, data, root, subset, work, results, only, device
             return
         outcomes = h.collect() if report_only else h.execute()
         paths = report.write_all(fig, h, outcomes, command)
+        if fig.name == "cifar10-cpu":
+            paths += report.cpu_report(fig, h, outcomes, command)
     except PpdataError as e:
         raise click.ClickException(str(e)) from None
     failed = [o for o in outcomes if o.status == "failed"]

@@ -11,6 +11,7 @@ import datetime as dt
 import json
 from pathlib import Path
 
+from .plan import SMALL_BUDGET as SMALL_BUDGET_TEXT
 from .plan import Figure
 from .runner import Harness, Outcome
 from .source import _rel
@@ -248,3 +249,95 @@ def attack_tables(fig: Figure, h: Harness, metrics_path: Path, command: str) -> 
     f.savefig(paths[2], dpi=120)
     plt.close(f)
     return paths
+
+
+# ---------------------------------------------------------------------------------------------
+# cifar10-cpu: report.md, summary.json, machine.json and the runs' metrics beside them
+
+
+def _minutes(m: dict) -> float | None:
+    return None if m.get("seconds") is None else round(m["seconds"] / 60, 2)
+
+
+def cpu_summary(outcomes: list[Outcome]) -> dict:
+    """``{"conditions": {NAME: {"enc_q", "plain_q", "cpu_minutes", "budget", "epochs", ...}}}`` for
+    every finished condition. ``cpu_minutes``: wall-clock minutes of the whole training command
+    (loading, whitening, training, evaluation) on the machine of ``machine.json``."""
+    conds = {}
+    for o in outcomes:
+        if o.status != "done" or not o.metrics:
+            continue
+        m, ev = o.metrics, o.metrics.get("eval", {})
+        conds[o.condition.name] = {
+            "enc_q": _pct(ev.get("test", {}).get("final_acc")),
+            "plain_q": _pct(ev.get("plain", {}).get("final_acc")) if o.condition.run.train.scheme != "plain"
+            else _pct(ev.get("test", {}).get("final_acc")),
+            "cpu_minutes": _minutes(m), "budget": o.condition.budget, "epochs": m.get("epochs_done"),
+            "train_images": m.get("train", {}).get("count"), "widths": (m.get("config", {}).get("model_args") or {}).get("widths"),
+            "input": m.get("input", {}).get("mode"), "process_cpu_minutes": round(m["cpu_seconds"] / 60, 2)
+            if m.get("cpu_seconds") is not None else None,
+            "load_average": m.get("load_average"), "label": o.condition.group, "series": o.condition.series,
+        }
+    return {"conditions": conds}
+
+
+def cpu_report(fig: Figure, h: Harness, outcomes: list[Outcome], command: str) -> list[Path]:
+    """``report.md``, ``summary.json``, ``machine.json`` and ``runs/NAME/{metrics.json,log.csv}``
+    in the results folder (beside ``write_all``'s files)."""
+    import shutil
+
+    from ppdata.machine import describe, summary
+
+    out = h.results
+    out.mkdir(parents=True, exist_ok=True)
+    summ = cpu_summary(outcomes)
+    machine = describe()
+    (out / "summary.json").write_text(json.dumps(summ, indent=2) + "\n")
+    (out / "machine.json").write_text(json.dumps(machine, indent=2) + "\n")
+    for o in outcomes:
+        if o.status == "done":
+            dst = out / "runs" / o.condition.name
+            dst.mkdir(parents=True, exist_ok=True)
+            for n in ("metrics.json", "log.csv"):
+                if (o.run_dir / n).is_file():
+                    shutil.copyfile(o.run_dir / n, dst / n)
+    c = summ["conditions"]
+
+    def row(name: str) -> str:
+        r = c.get(name)
+        if r is None:
+            return f"| {name} | - | - | - | - | - | - |"
+        load = r["load_average"] or {}
+        ld = (f"{load['start'][0]:.1f} / {load['end'][0]:.1f}" if load.get("start") and load.get("end") else "-")
+        plain = "-" if r["plain_q"] is None else f"{r['plain_q']:.2f}"
+        return (f"| {r['label']} | {r['enc_q']:.2f} | {plain} | {r['epochs']} x {r['train_images']:,} | "
+                f"{r['cpu_minutes']:.1f} | {r['process_cpu_minutes']:.1f} | {ld} |")
+
+    head = ["| condition | Enc(Q) % | plain Q % | epochs x images | minutes | CPU-minutes (process) | load start / end |",
+            "|---|---:|---:|---:|---:|---:|---:|"]
+    full = [x.name for x in fig.conditions if x.budget == "full"]
+    small = [x.name for x in fig.conditions if x.budget == "small"]
+    gap = ""
+    if "plain" in c and "npcs-independent" in c:
+        gap = (f"**plain - NP+CS (independent keys, fold) = {c['plain']['enc_q'] - c['npcs-independent']['enc_q']:.2f} "
+               f"points** at the same budget ({c['plain']['enc_q']:.2f}% vs {c['npcs-independent']['enc_q']:.2f}% "
+               f"on Enc(Q); {c['npcs-independent']['plain_q']:.2f}% on plain Q).")
+    lines = [f"# {fig.title}", "", fig.what, "",
+             f"- machine: {summary(machine)}; CPU features {', '.join(machine.get('cpu_features') or []) or '-'} "
+             "(`machine.json`)",
+             f"- data: {h.data.describe()} (CIFAR-10 as JPEG q75: a model trained on it scores somewhat lower "
+             "than on the lossless original)",
+             f"- written: {dt.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}; "
+             f"{len(c)} of {len(fig.conditions)} conditions measured",
+             f"- command: `{command}`", "",
+             "Top-1 accuracy after the last epoch (the recipe's test-time augmentation). *minutes*: wall-clock "
+             "minutes of the whole training command (loading, whitening, training, evaluation with TTA on Enc(Q) "
+             "and plain Q), one process, two threads; *load*: the machine's one-minute load average when the run "
+             "started and ended (two means the two cores were the run's alone). Every run's `metrics.json` and "
+             "`log.csv` are in `runs/`.", ""]
+    if gap:
+        lines += [gap, ""]
+    lines += ["## Full budget: the CPU recipe as it is", "", *head, *[row(n) for n in full], "",
+              f"## Small budget: {SMALL_BUDGET_TEXT}", "", *head, *[row(n) for n in small], ""]
+    (out / "report.md").write_text("\n".join(lines))
+    return [out / "report.md", out / "summary.json", out / "machine.json"]
