@@ -108,7 +108,7 @@ def data_path(dirs: dict[str, Path], device, batch, workers, epochs=3) -> list[t
         s = open_shards(d, "train")
         for w in sorted({0, workers}):
             try:
-                sl = D.StreamLoader(s, batch, device, seed=0, workers=w, buffer=1000)
+                sl = D.StreamLoader(s, batch, device, seed=0, workers=w)
             except Exception as e:  # noqa: BLE001 (too few shards for this many workers)
                 rows.append((f"stream {fmt}, {w} workers", float("nan"), str(e)[:80]))
                 continue
@@ -145,7 +145,7 @@ def training(dirs, device, width, batch, steps, amp, channels_last, workers) -> 
     feeds = {"synthetic uint8 tensors on the device (compute limit)": synthetic(),
              "in-memory shards loader (+ flip/shift on device)": forever(D.DeviceLoader(split, batch, seed=0)),
              f"streaming {open_shards(wds_dir, 'train').format} loader, {w} workers (+ flip/shift on device)":
-                 forever(D.StreamLoader(open_shards(wds_dir, "train"), batch, device, 0, workers=w, buffer=1000))}
+                 forever(D.StreamLoader(open_shards(wds_dir, "train"), batch, device, 0, workers=w))}
     state = {}
     for name, it in feeds.items():
         torch.manual_seed(0)
@@ -171,8 +171,8 @@ def training(dirs, device, width, batch, steps, amp, channels_last, workers) -> 
     return rows
 
 
-def feed(shards_dir, device: torch.device, width: int = 64, batch: int = 512, workers: int = 8, epochs: int = 2,
-         buffer: int = 2000) -> dict:
+def feed(shards_dir, device: torch.device, width: int = 64, batch: int = 512, workers: int = 8, epochs: int = 2
+         ) -> dict:
     """Training images/s fed from the streaming loader vs the device-resident split (see --feed)."""
     shards = open_shards(shards_dir, "train")
     cfg = Config(model="resnet18", model_args={"width": width}, batch_size=batch, lr=0.05, nesterov=True,
@@ -182,7 +182,7 @@ def feed(shards_dir, device: torch.device, width: int = 64, batch: int = 512, wo
     split = D.load_split(shards, device)
     load_s = time.perf_counter() - t
     loaders = {"memory": D.DeviceLoader(split, batch, seed=0),
-               "stream": D.StreamLoader(shards, batch, device, seed=0, workers=workers, buffer=buffer)}
+               "stream": D.StreamLoader(shards, batch, device, seed=0, workers=workers)}
     torch.manual_seed(0)
     model = make_model(cfg, max(1, len(shards.classes)), [127.5] * 3, [64.0] * 3, False, device, kern.channels_last)
     opt = make_optimizer(cfg, model, kern.sgd)

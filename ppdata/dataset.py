@@ -11,10 +11,12 @@ reads every shard once, with its sha256, before the first sample. It holds only 
 metadata until it reads: open files are per process, so it works with ``DataLoader(num_workers>0)``
 under fork, spawn and forkserver.
 
-``ShardIterableDataset(root, split, ..., shuffle=False, seed=0)`` streams whole shards, each
-checked with its sha256: shards are divided among DDP ranks (when ``torch.distributed`` is
-initialised) and DataLoader workers; ``set_epoch(e)`` reshuffles the shard order and the samples
-within a shard (seeded by ``seed`` and the epoch). Needs torch (``ppdata[train]``); the
+``ShardIterableDataset(root, split, ..., shuffle=False, seed=0, batch_size=None)`` streams
+whole shards (HDF5: chunk-aligned blocks), each checked with its sha256: units are divided among
+DDP ranks (``rank``/``world``, or ``torch.distributed`` when initialised) and DataLoader
+workers; ``set_epoch(e)`` reshuffles the unit order and the samples of a few units together
+(seeded by ``seed`` and the epoch). With ``batch_size`` it yields whole uint8 batches (what the
+trainer's streaming loader feeds; ``steps()`` per epoch). Needs torch (``ppdata[train]``); the
 map-style class does not.
 """
 from __future__ import annotations
@@ -163,22 +165,59 @@ class ShardDataset:
                 pass
 
 
+def steps_per_epoch(counts: list[int], batch_size: int, world: int = 1, workers: int = 0) -> int:
+    """Full batches of ``batch_size`` that every process gets when units of ``counts`` samples are
+    dealt round-robin to ``world`` processes, then to each process's ``workers`` DataLoader workers
+    (0: the process itself), each batching on its own: the smallest over processes, so that every
+    process of a DDP run takes the same number of steps."""
+    steps = []
+    for r in range(world):
+        mine = counts[r::world]
+        w = max(1, workers)
+        steps.append(sum(sum(mine[k::w]) // batch_size for k in range(w)))
+    return min(steps) if steps else 0
+
+
 def _iterable_class():
     import torch
 
     class ShardIterableDataset(torch.utils.data.IterableDataset):
-        """Iterable dataset over one split, whole shards at a time (see module docstring)."""
+        """Iterable dataset over one split, whole units at a time (see module docstring).
 
-        def __init__(self, root: str | os.PathLike, split: str = "train", transform: Callable | None = None,
+        Units are the tar shards, or chunk-aligned blocks of about ``unit_rows`` rows of an HDF5
+        file. Each process (``rank`` of ``world``; default: ``torch.distributed`` if initialised)
+        takes every ``world``-th unit, each of its DataLoader workers every ``num_workers``-th of
+        those; with ``shuffle`` each worker visits its units in a random order and shuffles the
+        samples of ``group`` units together (seeded by ``seed``, the epoch, the rank and the
+        worker). ``batch_size``: yield ``(images (B, H, W, 3) uint8, labels (B,) int64)`` tensors
+        of whole batches (a worker's last partial batch is dropped; ``steps`` says how many each
+        process gets) instead of single ``(image, label)`` samples."""
+
+        def __init__(self, root, split: str = "train", transform: Callable | None = None,
                      target_transform: Callable | None = None, shuffle: bool = False, seed: int = 0,
-                     verify: bool = True, block: int = 1024):
+                     verify: bool = True, block: int = 1024, batch_size: int | None = None,
+                     rank: int | None = None, world: int | None = None, group: int = 4, unit_rows: int = 2048):
             super().__init__()
-            self.root, self.split = Path(root), split
+            if batch_size is not None and (transform is not None or target_transform is not None):
+                raise ValueError("batch_size: batches are uint8 tensors; transform them after the DataLoader")
+            if isinstance(root, ShardSet):  # an opened split (its manifest already checked)
+                self.shards, self.root, self.split = root, Path(root.directory), root.split
+            else:
+                self.root, self.split = Path(root), split
+                self.shards = open_shards(root, split, verify=verify)
             self.transform, self.target_transform = transform, target_transform
             self.shuffle, self.seed, self.verify, self.block = shuffle, seed, verify, block
-            self.shards = open_shards(root, split, verify=verify)
+            self.batch_size, self.rank, self.world, self.group = batch_size, rank, world, max(1, group)
             self.classes = self.shards.classes
             self.epoch = 0
+            self.unit_rows = unit_rows
+            if self.shards.format == "hdf5":  # whole chunks per unit: no chunk is read twice
+                from .shards.hdf5 import H5Split
+
+                info = self.shards.shards[0]
+                with H5Split(self.shards.paths[0], self.shards.shape, int(info["count"])) as h5:
+                    chunk = h5.chunk
+                self.unit_rows = max(chunk, round(unit_rows / chunk) * chunk)
 
         def set_epoch(self, epoch: int) -> None:
             self.epoch = int(epoch)
@@ -186,36 +225,57 @@ def _iterable_class():
         def __len__(self) -> int:
             return len(self.shards)
 
-        def _units(self) -> list[tuple[int, int, int]]:
+        def units(self) -> list[tuple[int, int, int]]:
             """(shard, start, stop) units of work: tar shards whole; an HDF5 file in blocks."""
             if self.shards.format == "hdf5":
                 n = len(self.shards)
-                step = max(1, -(-n // 64))
-                return [(0, a, min(n, a + step)) for a in range(0, n, step)]
+                return [(0, a, min(n, a + self.unit_rows)) for a in range(0, n, self.unit_rows)]
             return [(i, 0, c) for i, c in enumerate(self.shards.counts)]
 
-        def __iter__(self):
-            units = self._units()
-            rng = np.random.default_rng([self.seed, self.epoch])
-            if self.shuffle:
-                units = [units[k] for k in rng.permutation(len(units))]
-            rank, world = 0, 1
+        def _rank_world(self) -> tuple[int, int]:
+            if self.rank is not None:
+                return self.rank, self.world or 1
             if torch.distributed.is_available() and torch.distributed.is_initialized():
-                rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+                return torch.distributed.get_rank(), torch.distributed.get_world_size()
+            return 0, 1
+
+        def steps(self, workers: int = 0) -> int:
+            """Whole batches of ``batch_size`` per epoch in every process (``steps_per_epoch``)."""
+            _, world = self._rank_world()
+            return steps_per_epoch([b - a for _, a, b in self.units()], self.batch_size or 1, world, workers)
+
+        def __iter__(self):
+            rank, world = self._rank_world()
             info = torch.utils.data.get_worker_info()
             wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
-            mine = units[rank * nw + wid :: world * nw]
-            for u, (s, a, b) in enumerate(mine):
-                for batch in self._read(s, a, b):
-                    order = (np.random.default_rng([self.seed, self.epoch, rank, wid, u]).permutation(len(batch))
-                             if self.shuffle else range(len(batch)))
+            mine = self.units()[rank::world][wid::nw]
+            rng = np.random.default_rng([self.seed, self.epoch, rank, wid])
+            group = self.group if self.shuffle else 1
+            if self.shuffle:
+                mine = [mine[k] for k in rng.permutation(len(mine))]
+            carry_x = carry_y = None
+            for g in range(0, len(mine), group):
+                parts = [s for u in mine[g:g + group] for s in self._read(*u)]
+                images = np.concatenate([p.images for p in parts])
+                labels = np.concatenate([p.labels for p in parts]).astype(np.int64)
+                if carry_x is not None:
+                    images, labels = np.concatenate([carry_x, images]), np.concatenate([carry_y, labels])
+                order = rng.permutation(len(labels)) if self.shuffle else np.arange(len(labels))
+                if self.batch_size is None:
                     for k in order:
-                        image, label = batch.images[k], int(batch.labels[k])
+                        image, label = images[k], int(labels[k])
                         if self.transform is not None:
                             image = self.transform(image)
                         if self.target_transform is not None:
                             label = self.target_transform(label)
                         yield image, label
+                    continue
+                images, labels = images[order], labels[order]
+                full = len(labels) // self.batch_size * self.batch_size
+                for i in range(0, full, self.batch_size):
+                    yield (torch.from_numpy(images[i:i + self.batch_size]),
+                           torch.from_numpy(labels[i:i + self.batch_size]))
+                carry_x, carry_y = images[full:], labels[full:]
 
         def _read(self, s, a, b):
             if self.shards.format == "hdf5":

@@ -14,6 +14,7 @@ import torch
 from click.testing import CliRunner
 
 from ppdata.cipher import PixelKey, fold as np_fold, get_scheme
+from ppdata.dataset import steps_per_epoch
 from ppdata.keys import KeyStream, secret_from_seed
 from ppdata.pipeline import encrypt
 from ppdata.shards import open_shards
@@ -217,9 +218,9 @@ def test_device_loader_splits_a_common_permutation(folders):
 
 
 def test_steps_per_epoch_matches_round_robin_dealing():
-    assert D.steps_per_epoch([10, 10, 10, 3], 4, world=1, workers=2) == 5 + 3  # worker 0: 10 + 10, worker 1: 10 + 3
-    assert D.steps_per_epoch([10, 10, 10, 3], 4, world=2, workers=1) == 3  # rank 1 holds 13 samples
-    assert D.steps_per_epoch([10], 4, world=2, workers=1) == 0
+    assert steps_per_epoch([10, 10, 10, 3], 4, world=1, workers=2) == 5 + 3  # worker 0: 10 + 10, worker 1: 10 + 3
+    assert steps_per_epoch([10, 10, 10, 3], 4, world=2, workers=1) == 3  # rank 1 holds 13 samples
+    assert steps_per_epoch([10], 4, world=2, workers=1) == 0
 
 
 @pytest.mark.parametrize("fmt", ["npcs", "npcs_h5"])
@@ -227,7 +228,7 @@ def test_steps_per_epoch_matches_round_robin_dealing():
 def test_stream_loader_yields_each_sample_once(folders, fmt, workers):
     shards = open_shards(folders[fmt], "train")
     whole = shards.load()
-    loader = D.StreamLoader(shards, 4, torch.device("cpu"), seed=1, workers=workers, buffer=8)
+    loader = D.StreamLoader(shards, 4, torch.device("cpu"), seed=1, workers=workers, group=2)
     seen = []
     for x, y in loader.epoch(0):
         assert x.shape == (4, 32, 32, 3) and x.dtype == torch.uint8
@@ -426,7 +427,7 @@ def test_training_reads_check_every_shard_in_both_data_modes(tmp_path):
     shards = open_shards(d, "train")
     with pytest.raises(Exception, match="train-000002.tar"):
         D.load_split(shards)
-    loader = D.StreamLoader(shards, 50, torch.device("cpu"), seed=1, workers=0, buffer=8)
+    loader = D.StreamLoader(shards, 50, torch.device("cpu"), seed=1, workers=0, group=2)
     with pytest.raises(Exception, match="train-000002.tar"):
         for _ in loader.epoch(0):
             pass

@@ -42,7 +42,7 @@ def test_stream_workers_start_under_spawn_and_forkserver(folders, method):
     multiprocessing.set_start_method(method, force=True)  # the platform default the DataLoader uses
     try:
         shards = open_shards(folders["npcs"], "train")
-        loader = D.StreamLoader(shards, 4, torch.device("cpu"), seed=1, workers=1, buffer=8)
+        loader = D.StreamLoader(shards, 4, torch.device("cpu"), seed=1, workers=1, group=2)
         n = sum(len(y) for _, y in loader.epoch(0))
         loader.close()
     finally:
@@ -311,19 +311,21 @@ def test_clock_times_cpu_work():
 
 def test_stream_workers_persist_across_epochs(folders, tmp_path, monkeypatch):
     log = tmp_path / "pids"
-    real = D.CheckedSamples.__call__
+    from ppdata.dataset import ShardIterableDataset
 
-    def read(self, src):
+    real = ShardIterableDataset._read
+
+    def read(self, *unit):
         with open(log, "a") as f:
             f.write(f"{os.getpid()}\n")
-        yield from real(self, src)
+        yield from real(self, *unit)
 
-    monkeypatch.setattr(D.CheckedSamples, "__call__", read)  # forked workers inherit the patch
+    monkeypatch.setattr(ShardIterableDataset, "_read", read)  # forked workers inherit the patch
     before = multiprocessing.get_start_method()
     multiprocessing.set_start_method("fork", force=True)
     try:
         shards = open_shards(folders["npcs"], "train")
-        loader = D.StreamLoader(shards, 4, torch.device("cpu"), seed=1, workers=2, buffer=8)
+        loader = D.StreamLoader(shards, 4, torch.device("cpu"), seed=1, workers=2, group=2)
         orders = [[tuple(y.tolist()) for _, y in loader.epoch(e)] for e in range(3)]
         pids = set(log.read_text().split())
         assert len(pids) == 2 and os.getpid() not in {int(p) for p in pids}  # two workers, started once
@@ -333,7 +335,7 @@ def test_stream_workers_persist_across_epochs(folders, tmp_path, monkeypatch):
     assert orders[0] != orders[1] != orders[2]  # still a new shuffle every epoch
     # the same batches as fresh workers started at each epoch (what a resumed run sees)
     for e in (1, 2):
-        fresh = D.StreamLoader(shards, 4, torch.device("cpu"), seed=1, workers=2, buffer=8)
+        fresh = D.StreamLoader(shards, 4, torch.device("cpu"), seed=1, workers=2, group=2)
         assert [tuple(y.tolist()) for _, y in fresh.epoch(e)] == orders[e]
         fresh.close()
 
@@ -355,7 +357,7 @@ def test_hdf5_stream_blocks_cover_whole_chunks(tmp_path, monkeypatch):
     assert 1 < chunk < len(shards)  # 341 images of 32x32x3 per ~1 MiB chunk; 500 images
     monkeypatch.setattr(D.StreamLoader, "H5_BLOCK", 200)  # not a multiple of the chunk
     loader = D.StreamLoader(shards, 8, torch.device("cpu"), workers=0)
-    blocks = loader.dataset(0).blocks()
+    blocks = [(a, b) for _, a, b in loader.data.units()]
     assert all(a % chunk == 0 for a, _ in blocks) and blocks[-1][1] == len(shards)
     seen = sum(len(y) for _, y in loader.epoch(0))
     assert seen == len(loader) * 8 and len(loader) == sum((b - a) for a, b in blocks) // 8

@@ -72,7 +72,7 @@ class Config:
     adapt_args: dict = field(default_factory=dict)  # filled from the manifest when the run starts
     data: str = "auto"
     workers: int = 4
-    shuffle_buffer: int = 10000
+    stream_group: int = 4  # --data stream: shards (or HDF5 blocks) whose samples are shuffled together
     seed: int = 0
     eval_every: int = 1
     eval_batch_size: int = 1024

@@ -8,12 +8,13 @@ Batches come out as ``(x, y)``: ``x`` (B, H, W, 3) uint8 on the device, ``y`` (B
   uint8 (CIFAR-10 x8 expansion: 400K x 3 KB = 1.2 GB) and every epoch is a permutation plus
   gathers on the device: no per-epoch decoding, no host-device copies. Each process of a
   DDP run holds the full split and takes its own slice of a common permutation.
-- ``StreamLoader`` (``--data stream``): for data that does not fit. WebDataset shards go through
-  a ``webdataset`` pipeline (shards dealt round-robin to processes, then to workers; a per-epoch
-  shard-order and sample shuffle) in ``DataLoader`` worker processes; HDF5 files are read in
-  contiguous blocks of whole chunks, dealt the same way. Workers are started once and persist
-  across epochs; every pipeline stage pickles, so any start method works (fork, forkserver,
-  spawn). Batches are pinned and copied asynchronously.
+- ``StreamLoader`` (``--data stream``): for data that does not fit. The library's own
+  streaming dataset, ``ppdata.dataset.ShardIterableDataset`` (tar shards whole, HDF5 files in
+  blocks of whole chunks, dealt round-robin to processes, then to workers; a per-epoch unit
+  order and a shuffle of a few units' samples together; every read checked), in ``DataLoader``
+  worker processes. Workers are started once and persist across epochs; the dataset pickles,
+  so any start method works (fork, forkserver, spawn). Batches are pinned and copied
+  asynchronously.
 
 Both drop the last partial batch and give every process the same number of steps per epoch
 (computed from the manifest's per-shard counts), so DDP never waits on a missing batch.
@@ -22,11 +23,8 @@ Augmentation (``train.augment``) is applied by the training loop, on the device.
 """
 from __future__ import annotations
 
-import functools
 import os
-import random
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterator
 
 import numpy as np
@@ -34,7 +32,6 @@ import torch
 
 from ppdata.errors import PpdataError
 from ppdata.shards import ShardSet
-from ppdata.shards.hdf5 import H5Split
 
 DATA_MODES = ("auto", "memory", "stream")
 
@@ -147,220 +144,59 @@ def eval_batches(split: Split, batch_size: int, rank: int = 0, world: int = 1):
 # on Linux, spawn: macOS and Windows).
 
 
-def steps_per_epoch(counts: list[int], batch_size: int, world: int, workers: int) -> int:
-    """Full batches every process gets when units (shards or blocks) of ``counts`` samples are
-    dealt round-robin to processes, then to their workers, each worker batching on its own."""
-    steps = []
-    for r in range(world):
-        mine = counts[r::world]
-        steps.append(sum(sum(mine[w::max(1, workers)]) // batch_size for w in range(max(1, workers))))
-    return min(steps) if steps else 0
-
-
-def _worker() -> tuple[int, int]:
-    """(this DataLoader worker's id, number of workers); (0, 1) in the main process."""
-    info = torch.utils.data.get_worker_info()
-    return (info.id, info.num_workers) if info is not None else (0, 1)
-
-
-def _rng(seed: int, epoch: int, rank: int) -> random.Random:
-    return random.Random(_seed(seed, epoch, rank, _worker()[0]))
-
-
-class DealShards:
-    """Pipeline stage: this process's shards (round-robin by ``rank``), then this worker's
-    (round-robin by worker id), in a seeded random order."""
-
-    def __init__(self, rank: int, world: int, seed: int, epoch: int):
-        self.rank, self.world, self.seed, self.epoch = rank, world, seed, epoch
-
-    def __call__(self, src):
-        worker, workers = _worker()
-        mine = list(src)[self.rank :: self.world][worker::workers]
-        _rng(self.seed, self.epoch, self.rank).shuffle(mine)
-        yield from mine
-
-
-class BufferShuffle:
-    """Pipeline stage: a seeded shuffle buffer of ``size`` samples."""
-
-    def __init__(self, size: int, rank: int, seed: int, epoch: int):
-        self.size, self.rank, self.seed, self.epoch = size, rank, seed, epoch
-
-    def __call__(self, src):
-        rng = _rng(self.seed, self.epoch + 1_000_003, self.rank)
-        buf = []
-        for s in src:
-            if len(buf) < self.size:
-                buf.append(s)
-                continue
-            k = rng.randrange(self.size)
-            buf[k], s = s, buf[k]
-            yield s
-        rng.shuffle(buf)
-        yield from buf
-
-
-class CheckedSamples:
-    """Pipeline stage: the (image, label) samples of each shard URL, read by ppdata's checked tar
-    reader (``ppdata.shards.tar.read_tar``: the manifest's count, shape, labels, structure and,
-    with ``verify``, sha256), in vectorised chunks instead of one ``np.load`` per sample."""
-
-    def __init__(self, infos: dict[str, dict], shape, n_classes: int | None, verify: bool = True, chunk: int = 1024):
-        self.infos, self.shape, self.n_classes, self.verify, self.chunk = infos, tuple(shape), n_classes, verify, chunk
-
-    def __call__(self, src):
-        from ppdata.shards.tar import read_tar
-
-        for item in src:
-            url = item["url"]
-            info = self.infos[url]
-            for s in read_tar(Path(url), self.shape, int(info["count"]), sha256=info.get("sha256") if self.verify
-                              else None, size=info.get("bytes"), n_classes=self.n_classes, chunk=self.chunk):
-                images = s.images.copy()  # own memory: the shuffle buffer holds single samples
-                yield from zip(images, s.labels.tolist())
-
-
-def _collate(samples):
-    images, labels = zip(*samples)
-    return torch.from_numpy(np.stack(images)), torch.tensor(labels, dtype=torch.int64)
-
-
-def webdataset_pipeline(shards: dict[str, dict], shape, n_classes: int | None, batch_size: int, seed: int,
-                        epoch: int, buffer: int, rank: int = 0, world: int = 1, verify: bool = True):
-    """The webdataset pipeline of one epoch (shards of this process/worker, checked read, shuffle,
-    batch). ``shards``: URL -> the manifest's entry for it (count, sha256, bytes)."""
-    import webdataset as wds
-
-    return wds.DataPipeline(
-        wds.SimpleShardList(list(shards)),
-        DealShards(rank, world, seed, epoch),
-        CheckedSamples(shards, shape, n_classes, verify),
-        BufferShuffle(buffer, rank, seed, epoch),
-        wds.batched(batch_size, collation_fn=_collate, partial=False),
-    )
-
-
-def h5_blocks(n: int, block: int) -> list[tuple[int, int]]:
-    """``[a, b)`` row ranges of ``block`` rows covering ``0..n``."""
-    return [(a, min(n, a + block)) for a in range(0, n, block)]
-
-
-def h5_block_rows(path: str | os.PathLike, target: int) -> int:
-    """Rows per read block of an HDF5 split: the multiple of the ``images`` chunk rows nearest to
-    ``target`` (at least one chunk), so that every read covers whole chunks."""
-    import h5py
-
-    with h5py.File(path, "r") as f:
-        chunks = f["images"].chunks
-    if not chunks:  # contiguous storage: any block is aligned
-        return target
-    return chunks[0] * max(1, round(target / chunks[0]))
-
-
-class H5Blocks(torch.utils.data.IterableDataset):
-    """HDF5 split read in contiguous, chunk-aligned blocks, dealt to processes and workers like shards."""
-
-    def __init__(self, path: str, n: int, batch_size: int, seed: int, epoch: int, block: int, group: int = 4,
-                 rank: int = 0, world: int = 1, shape=None):
-        super().__init__()
-        self.path, self.n, self.batch_size, self.seed, self.epoch = path, n, batch_size, seed, epoch
-        self.shape = shape
-        self.block, self.group, self.rank, self.world = block, group, rank, world
-
-    def blocks(self) -> list[tuple[int, int]]:
-        return h5_blocks(self.n, self.block)
-
-    def __iter__(self):
-        worker, workers = _worker()
-        mine = self.blocks()[self.rank :: self.world][worker::workers]
-        rng = _rng(self.seed, self.epoch, self.rank)
-        rng.shuffle(mine)
-        nprng = np.random.default_rng(rng.getrandbits(63))
-        with H5Split(Path(self.path), self.shape, self.n) as h5:  # datasets, dtypes, shapes, count checked
-            f = h5.f
-            ims, labs = f["images"], f["labels"]
-            carry_x = np.empty((0, *ims.shape[1:]), np.uint8)
-            carry_y = np.empty((0,), np.int64)
-            for g in range(0, len(mine), self.group):
-                xs = [carry_x] + [ims[a:b] for a, b in mine[g : g + self.group]]
-                ys = [carry_y] + [labs[a:b].astype(np.int64) for a, b in mine[g : g + self.group]]
-                x, y = np.concatenate(xs), np.concatenate(ys)
-                p = nprng.permutation(len(y))
-                x, y = x[p], y[p]
-                full = len(y) // self.batch_size * self.batch_size
-                for i in range(0, full, self.batch_size):
-                    yield (torch.from_numpy(x[i : i + self.batch_size]),
-                           torch.from_numpy(y[i : i + self.batch_size]))
-                carry_x, carry_y = x[full:], y[full:]
-
-
 class Epochs(torch.utils.data.IterableDataset):
-    """Epoch ``first``, ``first + 1``, ... of ``make(epoch)`` on successive iterations.
+    """Epoch ``first``, ``first + 1``, ... of ``dataset`` (``set_epoch``) on successive iterations.
 
     Persistent DataLoader workers keep their own copy of this object, so the epoch advances
     inside each worker: one worker start per run, not per epoch."""
 
-    def __init__(self, make, first: int):
+    def __init__(self, dataset, first: int):
         super().__init__()
-        self.make, self.epoch = make, first
+        self.dataset, self.epoch = dataset, first
 
     def __iter__(self):
-        data = self.make(epoch=self.epoch)
+        self.dataset.set_epoch(self.epoch)
         self.epoch += 1
-        return iter(data)
+        return iter(self.dataset)
 
 
 class StreamLoader:
-    """Training batches streamed from shards by ``workers`` DataLoader processes.
+    """Training batches streamed from shards by ``workers`` DataLoader processes: the library's
+    ``ppdata.dataset.ShardIterableDataset`` in batch mode (units dealt to processes and workers,
+    every read checked, ``group`` units shuffled together), fed to the device.
 
     Workers persist across epochs (started once, on the first epoch, or again when epochs are
     not consecutive). ``start_method``: the workers' multiprocessing start method (fork,
     forkserver, spawn; None: the platform's default). ``close()`` stops them."""
 
-    H5_BLOCK = 2048  # target rows per HDF5 read; rounded to whole chunks
+    H5_BLOCK = 2048  # target rows per HDF5 unit; rounded to whole chunks
 
     def __init__(self, shards: ShardSet, batch_size: int, device: torch.device, seed: int = 0,
-                 rank: int = 0, world: int = 1, workers: int = 4, buffer: int = 10000,
+                 rank: int = 0, world: int = 1, workers: int = 4, group: int = 4,
                  start_method: str | None = None):
+        from ppdata.dataset import ShardIterableDataset
+
         self.shards, self.batch_size, self.device = shards, batch_size, device
-        self.seed, self.rank, self.world, self.workers, self.buffer = seed, rank, world, workers, buffer
+        self.seed, self.rank, self.world, self.workers = seed, rank, world, workers
         self.start_method = start_method
-        if shards.format == "hdf5":
-            self.block = h5_block_rows(shards.paths[0], self.H5_BLOCK)
-            counts = [b - a for a, b in h5_blocks(len(shards), self.block)]
-        else:
-            counts = [int(s["count"]) for s in shards.shards]
-        self.steps = steps_per_epoch(counts, batch_size, world, workers)
+        self.data = ShardIterableDataset(shards, shuffle=True, seed=seed, verify=shards.verify_hash,
+                                         batch_size=batch_size, rank=rank, world=world, group=group,
+                                         unit_rows=self.H5_BLOCK)
+        self.steps = self.data.steps(workers)
         if self.steps == 0:
             raise PpdataError(
-                f"{shards.directory}: streaming {len(shards)} images in {len(counts)} shards/blocks to {world} "
-                f"process(es) x {max(1, workers)} worker(s) gives some worker less than one batch of {batch_size}; "
-                f"lower --batch-size or --workers, or use --data memory")
+                f"{shards.directory}: streaming {len(shards)} images in {len(self.data.units())} shards/blocks to "
+                f"{world} process(es) x {max(1, workers)} worker(s) gives some worker less than one batch of "
+                f"{batch_size}; lower --batch-size or --workers, or use --data memory")
         self._loader = self._next_epoch = self._pending = None
 
     def __len__(self) -> int:
         return self.steps
 
-    def _make(self):
-        """A picklable callable: epoch -> that epoch's dataset."""
-        if self.shards.format == "hdf5":
-            return functools.partial(H5Blocks, str(self.shards.paths[0]), len(self.shards), self.batch_size,
-                                     self.seed, block=self.block, rank=self.rank, world=self.world,
-                                     shape=self.shards.shape)
-        infos = {url: dict(info) for url, info in zip(self.shards.urls, self.shards.shards)}
-        return functools.partial(webdataset_pipeline, infos, self.shards.shape, len(self.shards.classes) or None,
-                                 self.batch_size, self.seed, buffer=self.buffer, rank=self.rank, world=self.world,
-                                 verify=self.shards.verify_hash)
-
-    def dataset(self, epoch: int):
-        """The dataset of one epoch (what each worker iterates)."""
-        return self._make()(epoch=epoch)
-
     def _start(self, epoch: int) -> None:
         self.close()
         self._loader = torch.utils.data.DataLoader(
-            Epochs(self._make(), epoch), batch_size=None, num_workers=self.workers,
+            Epochs(self.data, epoch), batch_size=None, num_workers=self.workers,
             pin_memory=self.device.type == "cuda", prefetch_factor=4 if self.workers else None,
             persistent_workers=self.workers > 0, multiprocessing_context=self.start_method if self.workers else None)
 

@@ -82,7 +82,7 @@ def run(cfg: Config, shards_dir: str | os.PathLike, out: str | os.PathLike, eval
         stat_images = tsplit.images
     else:
         loader = D.StreamLoader(train, cfg.batch_size, proc.device, cfg.seed, proc.rank, proc.world,
-                                cfg.workers, cfg.shuffle_buffer)
+                                cfg.workers, cfg.stream_group)
         stat_images = None
     for es in evals:
         es.split = D.load_split(es.shards, proc.device)
