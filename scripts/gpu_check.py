@@ -13,11 +13,14 @@ a kill loses nothing before it):
 2. ``train-plain``: the fast recipe (``train.resnet --profile fast``) on the plain shards: plain Q;
 3. ``train-npcs-fold``: the fast recipe on the NP+CS shards with fold input: Enc(Q) (independent
    keys) and plain Q;
-4. ``ddp-smoke``: ``torchrun --nproc_per_node 1`` through the DDP path (process group, DDP wrapper,
+4. ``cpu-recipe``: the CPU recipe (``train.resnet --profile cpu``: AirNet, airbench's tricks) on the
+   NP+CS shards, fold input, on the GPU: the same maths as the CPU table in
+   ``docs/results/cifar10-cpu`` (compare the accuracy; the minutes are the GPU's);
+5. ``ddp-smoke``: ``torchrun --nproc_per_node 1`` through the DDP path (process group, DDP wrapper,
    BatchNorm sync, streaming loader with pinned copies), one short epoch;
-5. ``feed``: the streaming loader's feed ratio (``bench/train.py --feed``): training images/s fed
+6. ``feed``: the streaming loader's feed ratio (``bench/train.py --feed``): training images/s fed
    by WebDataset workers over those fed from the device-resident split;
-6. ``compile``: the fast recipe with ``--compile`` for two epochs, if the budget still allows.
+7. ``compile``: the fast recipe with ``--compile`` for two epochs, if the budget still allows.
 
 The steps share one budget (``--budget``, default 480 s); a step that cannot get its minimum
 time is skipped and says so. Writes ``RESULTS/gpu-<date>.md`` and ``.json`` (``--tiny``:
@@ -201,7 +204,7 @@ def write_report(path: Path, info: dict, steps: dict[str, Step], tiny: bool) -> 
     L += ["", "## Training runs", "",
           "| run | epochs | Enc(Q) / test | plain Q | train s | images/s | warm-up s | whole run s | device |",
           "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
-    for name in ("train-plain", "train-npcs-fold", "ddp-smoke", "compile"):
+    for name in ("train-plain", "train-npcs-fold", "cpu-recipe", "ddp-smoke", "compile"):
         r = steps[name].result
         if not r.get("epochs_done"):
             continue
@@ -297,6 +300,11 @@ def main(argv=None) -> int:
         "train-npcs-fold": Step("train-npcs-fold", "fast recipe on NP+CS, fold input: Enc(Q), plain Q",
                                 [py, "-m", "train.resnet", str(npcs), "--profile", "fast", "--input", "fold", *net,
                                  "--eval", f"plain={plain}", "--out", str(runs / "npcs-fold"), *common], 150, 60),
+        "cpu-recipe": Step("cpu-recipe", "CPU recipe (AirNet) on NP+CS, fold input: Enc(Q), plain Q; compare "
+                           "docs/results/cifar10-cpu",
+                           [py, "-m", "train.resnet", str(npcs), "--profile", "cpu",
+                            *(["--widths", "8,16,16", "--epochs", "2", "--batch-size", "32"] if a.tiny else []),
+                            "--eval", f"plain={plain}", "--out", str(runs / "cpu-recipe"), *common], 120, 40),
         "ddp-smoke": Step("ddp-smoke", "torchrun, 1 process: DDP path, streaming loader, one short epoch",
                           [py, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1",
                            "-m", "train.resnet", str(npcs), "--profile", "smoke", "--data", "stream",
@@ -346,9 +354,10 @@ def main(argv=None) -> int:
             continue
         print(f"gpu-check: {step.name} (limit {min(step.limit, left):.0f} s) ...", file=sys.stderr, flush=True)
         run_step(step, work / "logs" / f"{step.name}.log", env, min(step.limit, left))
-        if step.name.startswith("train") or step.name in ("ddp-smoke", "compile"):
+        if step.name.startswith("train") or step.name in ("cpu-recipe", "ddp-smoke", "compile"):
             step.result.update(run_metrics(runs / {"train-plain": "plain", "train-npcs-fold": "npcs-fold",
-                                                   "ddp-smoke": "ddp", "compile": "compile"}[step.name]))
+                                                   "cpu-recipe": "cpu-recipe", "ddp-smoke": "ddp",
+                                                   "compile": "compile"}[step.name]))
         if step.name == "feed" and (work / "feed.json").exists():
             step.result.update(json.loads((work / "feed.json").read_text()))
         if step.name == "prepare" and step.status == "ok":

@@ -170,8 +170,9 @@ def test_bf16_on_request(tmp_path, folders):
 
 
 def test_refusals(tmp_path, folders, monkeypatch):
-    with pytest.raises(PpdataError, match="CPU recipe runs on the CPU"):
-        run(cpu_cfg(), folders["npcs"], tmp_path / "a", device="cuda", quiet=True)
+    if not torch.cuda.is_available():
+        with pytest.raises(PpdataError, match="no CUDA device"):
+            run(cpu_cfg(), folders["npcs"], tmp_path / "a", device="cuda", quiet=True)
     with pytest.raises(PpdataError, match="airnet"):
         run(cpu_cfg(model="resnet18", model_args={"width": 4}), folders["npcs"], tmp_path / "b", device="cpu",
             quiet=True)
@@ -182,3 +183,44 @@ def test_refusals(tmp_path, folders, monkeypatch):
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
     with pytest.raises(PpdataError, match="torchrun"):
         run(cpu_cfg(), folders["npcs"], tmp_path / "d", device="cpu", quiet=True)
+
+
+def test_gemm_weight_gradient_equals_the_convolutions():
+    """conv3x3_weight_grad (nine GEMMs over row-shifted views) is the weight gradient of a 3x3
+    padding-1 convolution, odd sizes and batch edges included; AirNet gives the same gradients
+    with it as with the library's kernel."""
+    from train.models import conv3x3_weight_grad
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 5, 7, 6, generator=g, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    dy = torch.randn(3, 4, 7, 6, generator=g, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    w = torch.zeros(4, 5, 3, 3, dtype=torch.float64, requires_grad=True)
+    torch.nn.functional.conv2d(x, w, padding=1).backward(dy)
+    assert torch.allclose(conv3x3_weight_grad(x, dy), w.grad, atol=1e-10)
+    grads = {}
+    for how in ("library", "gemm"):
+        torch.manual_seed(1)
+        net = AirNet(widths=(8, 16, 16)).to(memory_format=torch.channels_last)
+        net.set_weight_grad(how)
+        xi = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+        net(xi.contiguous(memory_format=torch.channels_last)).square().sum().backward()
+        grads[how] = [p.grad for p in net.parameters() if p.grad is not None]
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-5) for a, b in zip(grads["library"], grads["gemm"]))
+
+
+def test_kernels_are_measured_and_a_resumed_run_keeps_them(tmp_path, folders, monkeypatch):
+    monkeypatch.setattr(cpu, "cpu_has_bf16", lambda: True)
+    m = run(cpu_cfg(amp="auto", epochs=1), folders["npcs"], tmp_path / "a", device="cpu", quiet=True)
+    probe = m["effective"]["kernel_probe"]
+    assert set(probe) == {"float32", "bf16", "bf16+gemm"} and all(v > 0 for v in probe.values())
+    assert m["effective"]["kernels"] in probe
+    m = run(cpu_cfg(amp="off", epochs=1), folders["npcs"], tmp_path / "b", device="cpu", quiet=True)
+    assert m["effective"]["kernels"] == "float32" and m["effective"]["kernel_probe"] == {}
+    # the probe leaves no trace: measuring all three, then training in float32, equals no probe
+    real = cpu.choose_kernels
+    monkeypatch.setattr(cpu, "choose_kernels", lambda *a, **k: ("float32", real(*a, **k)[1]))
+    m = run(cpu_cfg(amp="auto", epochs=1), folders["npcs"], tmp_path / "c", device="cpu", quiet=True)
+    assert len(m["effective"]["kernel_probe"]) == 3
+    b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["model"]
+    c = torch.load(tmp_path / "c" / "checkpoint.pt", weights_only=False)["model"]
+    assert all(torch.equal(b[k], c[k]) for k in b)

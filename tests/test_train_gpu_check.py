@@ -43,14 +43,17 @@ def test_tiny_gpu_check_runs_every_step_and_writes_the_report(cifar_like, tmp_pa
     assert rep["tiny"] and rep["finished"] and rep["card"] is None and rep["machine"]
     st = rep["steps"]
     assert {k: v["status"] for k, v in st.items()} == {
-        "prepare": "ok", "train-plain": "ok", "train-npcs-fold": "ok", "ddp-smoke": "ok", "feed": "ok",
-        "compile": "skipped"}
+        "prepare": "ok", "train-plain": "ok", "train-npcs-fold": "ok", "cpu-recipe": "ok", "ddp-smoke": "ok",
+        "feed": "ok", "compile": "skipped"}
     assert st["prepare"]["result"]["shards"] == {"plain": 300, "npcs": 300}  # 30 per class of 10
     fold = st["train-npcs-fold"]["result"]
     assert fold["complete"] and fold["input"] == {"mode": "fold", "sort": True}
     assert fold["accuracy"]["test"] == fold["accuracy"]["plain"]  # Enc(Q) and plain Q: identical predictions
     assert set(fold["variants"]["test"]) == {"live", "live+tta", "ema", "ema+tta"}
     assert st["train-plain"]["result"]["complete"] and st["train-plain"]["result"]["accuracy"]["test"] is not None
+    air = st["cpu-recipe"]["result"]  # the CPU recipe's network, to compare a GPU run with the CPU table
+    assert air["complete"] and air["input"] == {"mode": "fold", "sort": True}
+    assert air["accuracy"]["test"] == air["accuracy"]["plain"]
     ddp = st["ddp-smoke"]["result"]
     assert ddp["complete"] and ddp["world_size"] == 1 and ddp["effective"]["ddp"] and ddp["ranks_in_sync"]
     assert ddp["effective"]["data"] == "stream"

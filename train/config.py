@@ -22,7 +22,7 @@ from .models import MODELS
 from .preprocess import INPUTS, NORMS
 
 SCHEDULES = ("step", "onecycle")
-AMPS = ("auto", "bf16", "off")  # auto: bf16 on CUDA and on CPUs with bf16 matrix units, off elsewhere
+AMPS = ("auto", "bf16", "off")  # auto: bf16 on CUDA (the CPU recipe: whichever its probe measures faster)
 SGDS = ("auto", "fused", "foreach", "plain")  # auto: fused on CUDA, foreach elsewhere
 RECIPES = ("paper", "fast", "cpu")  # train.paper, train.fast, train.cpu (chosen in train.cli)
 INPUT_MODES = (*INPUTS, "auto")  # auto: fold for the pixel schemes (pixel, icip), raw otherwise

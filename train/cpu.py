@@ -29,8 +29,11 @@ adapted to a CPU. In order:
    test-time augmentation (``--tta``): the mean of the logits of each image and its mirror, each
    also shifted by one pixel up-left and down-right (reflect), weighted 1/2 unshifted, 1/4 each
    shifted (airbench's level 2).
-8. Speed. bf16 autocast when the CPU has bf16 matrix instructions (AMX or AVX512-BF16; measured
-   there: 3-4x float32, see ``bench/results/``), else float32; NHWC; all cores as threads of one
+8. Speed. Measured at the start, not assumed (``choose_kernels``): on a CPU with bf16 matrix
+   units (AMX, AVX512-BF16) a few steps each of float32, bf16 autocast, and bf16 with the 3x3
+   weight gradients as GEMMs (``train.models.conv3x3_weight_grad``: on some machines the
+   convolution library's bf16 backward-weights kernel stalls), then the fastest (``--amp``
+   narrows the choice; ``bench/results/cpu-recipe-speed-*``). NHWC; all cores as threads of one
    process; the foreach SGD step. The clock covers everything (loading, whitening, training,
    evaluation): ``seconds`` in metrics.json is what the user waits; ``cpu_seconds`` the process's CPU
    time; ``load_average`` the machine's 1/5/15-minute load at the start and the end (a run timed
@@ -43,6 +46,7 @@ checkpoint.pt with the final weights, ``--resume`` after an interruption).
 """
 from __future__ import annotations
 
+import copy
 import os
 import resource
 import sys
@@ -65,7 +69,7 @@ from .models import count_parameters
 from .preprocess import norm_stats
 from .rundir import (CHECKPOINT, LOG, METRICS, atomic_json, atomic_save, check_resume, eval_summary, log_fields,
                      prepare_out, write_log)
-from .runtime import Kernels, describe_device, say_fn, setup_process, under_torchrun
+from .runtime import cpu_has_bf16, describe_device, say_fn, setup_process, synthetic_batch, under_torchrun
 
 PROFILE = dict(
     recipe="cpu", model="airnet", model_args={"widths": [64, 256, 256]},
@@ -141,7 +145,7 @@ def lookahead_decay(step: int, total: int) -> float:
 
 def flip_masks(n: int, seed: int) -> torch.Tensor:
     """The first epoch's random mirror of each of ``n`` training images (later epochs alternate)."""
-    return torch.rand(n, generator=D.generator(torch.device("cpu"), seed, 0xF11B)) < 0.5
+    return torch.rand(n, generator=D.generator(torch.device("cpu"), seed, 0xF11B)) < 0.5  # the same on any device
 
 
 def augment(x: torch.Tensor, flip: torch.Tensor | None, shift: int, fill: str, gen: torch.Generator) -> torch.Tensor:
@@ -149,7 +153,7 @@ def augment(x: torch.Tensor, flip: torch.Tensor | None, shift: int, fill: str, g
     if flip is not None:
         x = torch.where(flip[:, None, None, None], x.flip(2), x)
     if shift:
-        d = torch.randint(-shift, shift + 1, (2, len(x)), generator=gen)
+        d = torch.randint(-shift, shift + 1, (2, len(x)), generator=gen, device=x.device)
         x = translate(x, d[0], d[1], fill)
     return x
 
@@ -159,10 +163,67 @@ def evaluate(model: torch.nn.Module, split: D.Split, batch: int, amp: bool, tta:
     model.eval()
     correct = 0
     for x, y in D.eval_batches(split, batch):
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
             logits = logits_tta(model, x.permute(0, 3, 1, 2), tta)
         correct += int((logits.argmax(1) == y).sum())
     return correct / max(1, len(split))
+
+
+# what the CPU recipe can compute with: (name, bf16 autocast, how 3x3 weight gradients are computed)
+KERNELS = {"float32": (False, "library"), "bf16": (True, "library"), "bf16+gemm": (True, "gemm")}
+
+
+def kernel_candidates(cfg: Config, device: torch.device) -> list[str]:
+    """The settings ``choose_kernels`` measures: ``--amp off`` float32 only, ``--amp bf16`` the two
+    bf16 ones, ``auto`` all three on a CPU with bf16 matrix units (AMX, AVX512-BF16), else float32.
+    On CUDA: bf16 unless ``--amp off`` (nothing to measure)."""
+    if device.type == "cuda":
+        return ["float32"] if cfg.amp == "off" else ["bf16"]
+    if cfg.amp == "off":
+        return ["float32"]
+    if cfg.amp == "bf16":
+        return ["bf16+gemm", "bf16"]
+    return ["float32", "bf16+gemm", "bf16"] if cpu_has_bf16() else ["float32"]
+
+
+def choose_kernels(model, opt, cfg: Config, shape, classes: int, device: torch.device, say) -> tuple[str, dict]:
+    """Measure each candidate's training step (``kernel_candidates``) on a synthetic batch and
+    return the fastest and the images/s of each. A candidate stops after its first timed step
+    once that step is 3x slower than the best so far. The model, optimiser and random state are
+    restored afterwards: the run is as if nothing had happened. (Measured, not assumed: the same
+    CPU model runs bf16 3-4x faster than float32 on one machine, and 5x slower on another, where
+    one kernel of the convolution library stalls.)"""
+    names = kernel_candidates(cfg, device)
+    if len(names) == 1:
+        return names[0], {}
+    saved_model, saved_opt = copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
+    x, y = synthetic_batch(shape, cfg.batch_size, classes, device, cfg.seed)
+    rates: dict[str, float] = {}
+    with torch.random.fork_rng(devices=[]):
+        for name in names:
+            amp, how = KERNELS[name]
+            model.net.set_weight_grad(how)
+            times = []
+            for k in range(3):  # one warm-up step (kernel creation), two timed
+                t = time.perf_counter()
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                    loss = F.cross_entropy(model(x.permute(0, 3, 1, 2)).float(), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                dt = time.perf_counter() - t
+                if k:
+                    times.append(dt)
+                if rates and dt > 3 * cfg.batch_size / max(rates.values()):
+                    times = times or [dt]
+                    break
+            rates[name] = cfg.batch_size / min(times)
+    model.load_state_dict(saved_model)
+    opt.load_state_dict(saved_opt)
+    opt.zero_grad(set_to_none=True)
+    best = max(rates, key=rates.get)
+    say("kernels measured (images/s): " + ", ".join(f"{k} {v:,.0f}" for k, v in rates.items()) + f"; using {best}")
+    return best, {k: round(v, 1) for k, v in rates.items()}
 
 
 def cpu_seconds() -> float:
@@ -172,18 +233,16 @@ def cpu_seconds() -> float:
 
 def run(cfg: Config, shards_dir, out, eval_dirs=(), device: str = "auto", resume: bool = False,
         overwrite: bool = False, quiet: bool = False, command: str | None = None) -> dict:
-    """Train ``cfg`` (``recipe="cpu"``) on ``shards_dir`` on the CPU; write and return the metrics."""
+    """Train ``cfg`` (``recipe="cpu"``) on ``shards_dir``; write and return the metrics. Built for a
+    CPU (``device`` auto picks CUDA when there is one: the same maths, to compare with a GPU)."""
     t_start, c_start, load_start = time.perf_counter(), cpu_seconds(), os.getloadavg()
     cfg.check()
-    if device not in ("auto", "cpu"):
-        raise PpdataError(f"--device {device}: the CPU recipe runs on the CPU (--profile fast for a GPU)")
     if under_torchrun():
         raise PpdataError("the CPU recipe runs in one process; under torchrun use --profile paper")
     if cfg.data == "stream":
         raise PpdataError("--data stream: the CPU recipe keeps the data in memory")
-    proc = setup_process("cpu")
+    proc = setup_process(device)  # built for a CPU; on a GPU it runs the same maths (to compare)
     dev, say, out = proc.device, say_fn(quiet, proc), Path(out)
-    amp = Kernels.of(cfg, dev).amp
 
     # 1. data ------------------------------------------------------------------------------------
     cfg.train_split = train_split_of(cfg, shards_dir, say)
@@ -201,7 +260,7 @@ def run(cfg: Config, shards_dir, out, eval_dirs=(), device: str = "auto", resume
     for es in evals:
         es.split = D.load_split(es.shards, dev)
     batches = D.DeviceLoader(data, cfg.batch_size, cfg.seed)
-    base_flip = flip_masks(len(data), cfg.seed) if cfg.flip else None
+    base_flip = flip_masks(len(data), cfg.seed).to(dev) if cfg.flip else None
 
     # 2. input and normalisation -----------------------------------------------------------------
     sort = bool(train.scheme.get("cs")) and cfg.input == "fold"
@@ -218,6 +277,12 @@ def run(cfg: Config, shards_dir, out, eval_dirs=(), device: str = "auto", resume
             model.eval()
             model.net.init_whiten(model.net_input(data.images[:WHITEN_IMAGES].permute(0, 3, 1, 2)).float())
     opt = optimizer(model, cfg)
+    if ck is not None and ck.get("kernels") in KERNELS:  # a resumed run computes as it started
+        kernels, probe = ck["kernels"], ck.get("kernel_probe", {})
+    else:
+        kernels, probe = choose_kernels(model, opt, cfg, train.shape, len(train.classes), dev, say)
+    amp, weight_grad = KERNELS[kernels]
+    model.net.set_weight_grad(weight_grad)
     look = Lookahead(model) if cfg.lookahead else None
     history: list[dict] = []
     start_epoch, prior = 0, {"seconds": 0.0, "cpu_seconds": 0.0}
@@ -235,7 +300,8 @@ def run(cfg: Config, shards_dir, out, eval_dirs=(), device: str = "auto", resume
         "model": cfg.model, "params": count_parameters(model.net), "profile": cfg.profile, "recipe": "cpu",
         "command": command, "config": cfg.to_json(), "device": describe_device(proc), "world_size": 1,
         "torch": torch.__version__,
-        "effective": {"amp": "bf16" if amp else "off", "channels_last": cfg.channels_last is not False,
+        "effective": {"amp": "bf16" if amp else "off", "kernels": kernels, "kernel_probe": probe,
+                      "channels_last": cfg.channels_last is not False,
                       "threads": torch.get_num_threads(), "steps_per_epoch": steps, "global_batch": cfg.batch_size},
         "train": {"dir": str(train.directory), "split": train.split, "count": len(train), "format": train.format,
                   "scheme": train.scheme, "key_mode": train.key_mode, "manifest_id": train.manifest.get("id")},
@@ -246,7 +312,7 @@ def run(cfg: Config, shards_dir, out, eval_dirs=(), device: str = "auto", resume
     fields = log_fields(evals, history)
     write_log(out / LOG, fields, history)
     say(f"cpu recipe: {cfg.model} {cfg.model_args.get('widths')} ({info['params']:,} parameters), {info['device']}, "
-        f"{'bf16' if amp else 'float32'}; {len(train):,} training images ({scheme_text(train)}), input "
+        f"{kernels}; {len(train):,} training images ({scheme_text(train)}), input "
         f"{cfg.input}, loaded in {load_seconds:.1f}s; eval on "
         + ", ".join(f"{es.name} ({len(es.shards):,})" for es in evals))
 
@@ -269,13 +335,15 @@ def run(cfg: Config, shards_dir, out, eval_dirs=(), device: str = "auto", resume
         atomic_save({"config": cfg.to_json(), "epoch": epoch, "model": model.state_dict(),
                         "live": model.state_dict(), "lookahead": look.state_dict() if look else None,
                         "optimizer": opt.state_dict(), "history": history, "norm": {"mean": mean, "std": std},
-                        "train": info["train"], **elapsed()}, out / CHECKPOINT)
+                        "train": info["train"], "kernels": kernels, "kernel_probe": probe, **elapsed()},
+                       out / CHECKPOINT)
 
     # 4. train -------------------------------------------------------------------------------------
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
         t_epoch = time.perf_counter()
-        loss_sum, correct = 0.0, 0
+        loss_sum = torch.zeros((), device=dev)
+        correct = torch.zeros((), dtype=torch.int64, device=dev)
         gen = D.generator(dev, cfg.seed, epoch, 0, 7)
         idx = batches.indices(epoch)
         flips = None if base_flip is None else base_flip ^ bool(epoch % 2)
@@ -290,7 +358,7 @@ def run(cfg: Config, shards_dir, out, eval_dirs=(), device: str = "auto", resume
             f = lr_factor(n_step, total, cfg.warmup)
             for g in opt.param_groups:
                 g["lr"] = g["initial_lr"] * f
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
                 logits = model(x.permute(0, 3, 1, 2))
                 loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing, reduction="sum")
             opt.zero_grad(set_to_none=True)
@@ -298,8 +366,8 @@ def run(cfg: Config, shards_dir, out, eval_dirs=(), device: str = "auto", resume
             opt.step()
             if look is not None and (n_step + 1) % LOOKAHEAD_EVERY == 0:
                 look.update(model, lookahead_decay(n_step + 1, total))
-            loss_sum += loss.item()
-            correct += int((logits.argmax(1) == y).sum())
+            loss_sum += loss.detach()  # summed on the device: no host synchronisation per step
+            correct += (logits.argmax(1) == y).sum()
             bar.update(1)
         bar.close()
         last = epoch + 1 == cfg.epochs
@@ -307,8 +375,8 @@ def run(cfg: Config, shards_dir, out, eval_dirs=(), device: str = "auto", resume
             look.update(model, 1.0)  # the final weights are the slow copy
         train_s = time.perf_counter() - t_epoch
         n = steps * cfg.batch_size
-        row = {"epoch": epoch + 1, "lr": opt.param_groups[1]["lr"], "train_loss": loss_sum / n,
-               "train_acc": correct / n, "train_seconds": train_s, "images_per_s": n / train_s}
+        row = {"epoch": epoch + 1, "lr": opt.param_groups[1]["lr"], "train_loss": loss_sum.item() / n,
+               "train_acc": correct.item() / n, "train_seconds": train_s, "images_per_s": n / train_s}
         for es in evals:
             due = last or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0)
             row[f"acc_{es.name}"] = evaluate(model, es.split, cfg.eval_batch_size, amp, cfg.tta if last else 0) \

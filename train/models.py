@@ -164,15 +164,77 @@ class _FrozenScaleBN(nn.BatchNorm2d):
         self.weight.requires_grad = False
 
 
+def conv3x3_weight_grad(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """The weight gradient of a 3x3, stride-1, padding-1 convolution: ``dw[o, c, i, j] =
+    sum_{b,h,w} g[b, o, h, w] * x[b, c, h + i - 1, w + j - 1]`` for input ``x`` (B, C, H, W) and
+    output gradient ``g`` (B, O, H, W), both in NHWC memory; returned (O, C, 3, 3) in ``x``'s dtype.
+
+    Nine GEMMs, one per kernel offset, each over plain row slices: ``x`` is padded and, per row
+    offset i, its rows i..i+H-1 are flattened to (B*H*(W+2), C); ``g`` padded with two zero
+    columns is flattened alike, so the column offset j is a shift by j rows of that matrix (the
+    zero columns absorb what would cross into the next row or image). Three copies of ``x``,
+    no im2col of nine."""
+    B, C, H, W = x.shape
+    O = g.shape[1]
+    xp = F.pad(x.permute(0, 2, 3, 1), (0, 0, 1, 1, 1, 1))            # (B, H+2, W+2, C)
+    gp = F.pad(g.permute(0, 2, 3, 1), (0, 0, 0, 2)).reshape(-1, O)   # (B*H*(W+2), O), zero where w >= W
+    m = gp.shape[0]
+    out = torch.empty(O, 3, 3, C, dtype=x.dtype, device=x.device)
+    for i in range(3):
+        xi = xp[:, i:i + H].reshape(m, C)
+        for j in range(3):
+            out[:, i, j] = gp[: m - j].t() @ xi[j:]
+    return out.permute(0, 3, 1, 2)
+
+
+class _GemmWeightGradConv3x3(torch.autograd.Function):
+    """A 3x3 padding-1 convolution whose weight gradient is ``conv3x3_weight_grad`` (GEMMs), not
+    the convolution library's backward-weights kernel; forward and input gradient as usual.
+    Under autocast it computes in the autocast dtype, like ``F.conv2d``."""
+
+    @staticmethod
+    @torch.amp.custom_fwd(device_type="cpu")
+    def forward(ctx, x, w):
+        dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
+        x, wc = x.to(dtype).contiguous(memory_format=torch.channels_last), w.to(dtype)
+        ctx.save_for_backward(x, wc)
+        ctx.w_dtype = w.dtype
+        return F.conv2d(x, wc, padding=1)
+
+    @staticmethod
+    @torch.amp.custom_bwd(device_type="cpu")
+    def backward(ctx, g):
+        x, w = ctx.saved_tensors
+        g = g.to(x.dtype).contiguous(memory_format=torch.channels_last)
+        gx = torch.nn.grad.conv2d_input(x.shape, w, g, padding=1) if ctx.needs_input_grad[0] else None
+        gw = conv3x3_weight_grad(x, g).to(ctx.w_dtype) if ctx.needs_input_grad[1] else None
+        return gx, gw
+
+
+class _Conv3x3(nn.Conv2d):
+    """3x3, padding 1, no bias. ``weight_grad``: "library" (the convolution library's kernel) or
+    "gemm" (``conv3x3_weight_grad``; on some CPUs the library's bf16 backward-weights kernel is
+    tens of times slower than a GEMM: ``train.cpu`` measures and chooses)."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__(cin, cout, 3, padding=1, bias=False)
+        self.weight_grad = "library"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.weight_grad == "gemm" and self.training and x.device.type == "cpu":
+            return _GemmWeightGradConv3x3.apply(x, self.weight)
+        return super().forward(x)
+
+
 class _ConvGroup(nn.Module):
     """conv3x3 - maxpool2 - BN - GELU - conv3x3 - BN - GELU; the convolutions start as identities
     on their first ``cin`` output channels (Dirac init)."""
 
     def __init__(self, cin: int, cout: int):
         super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1, bias=False)
+        self.conv1 = _Conv3x3(cin, cout)
         self.norm1 = _FrozenScaleBN(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.conv2 = _Conv3x3(cout, cout)
         self.norm2 = _FrozenScaleBN(cout)
         for c in (self.conv1, self.conv2):
             nn.init.dirac_(c.weight.data[: c.in_channels])
@@ -222,6 +284,14 @@ class AirNet(nn.Module):
         evals, evecs = torch.linalg.eigh(cov)
         filters = (evecs.T.reshape(-1, c, k, k) / torch.sqrt(evals.view(-1, 1, 1, 1) + eps)).float()
         self.whiten.weight.copy_(torch.cat((filters, -filters)))
+
+    def set_weight_grad(self, how: str) -> None:
+        """How the 3x3 convolutions compute their weight gradient: "library" or "gemm"."""
+        if how not in ("library", "gemm"):
+            raise ValueError(f"weight_grad must be library or gemm, not {how!r}")
+        for m in self.modules():
+            if isinstance(m, _Conv3x3):
+                m.weight_grad = how
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b = self.whiten.bias if self.whiten_bias_grad else self.whiten.bias.detach()
