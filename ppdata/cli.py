@@ -363,7 +363,7 @@ def info(directory, verify, as_json):
         click.echo(f"shape     {'x'.join(str(v) for v in m['shape'])}, {len(m.get('classes', []))} classes")
         total = 0
         for sp, v in m["splits"].items():
-            size = sum(s["bytes"] for s in v["shards"])
+            size = sum(s.get("bytes") or 0 for s in v["shards"])
             total += size
             skipped = (v.get("skipped") or {}).get("count", 0)
             aug = v.get("augment")

@@ -134,43 +134,12 @@ def encrypt(
     return manifest
 
 
-def open_output(out, overwrite: bool = False, extend: bool = False, what: str = "--out"):
-    """The output folder of a run: ``OutputFolder`` for a local path, ``remote.RemoteFolder`` for
-    a URL (the same rules; see both)."""
-    from .remote import RemoteFolder, is_url
+def open_output(out, overwrite: bool = False, extend: bool = False, what: str = "--out", writes: str = "shards"):
+    """The output folder of a run, a local path or a URL: ``shards.folder.OutputFolder`` (one
+    policy for both; see there)."""
+    from .shards.folder import open_output as _open
 
-    if is_url(str(out)):
-        return RemoteFolder(str(out), overwrite=overwrite, extend=extend, what=what)
-    return OutputFolder(out, overwrite=overwrite, extend=extend, what=what)
-
-
-class _Publishing:
-    """A shard writer whose finished files go to a ``RemoteFolder`` as soon as they are complete."""
-
-    def __init__(self, writer, folder):
-        self.writer, self.folder = writer, folder
-        self._done = 0
-
-    def _publish(self) -> None:
-        for s in self.writer.shards[self._done:]:
-            self.folder.publish(s.name)
-        self._done = len(self.writer.shards)
-
-    def write(self, *args) -> None:
-        self.writer.write(*args)
-        self._publish()
-
-    def write_records(self, recs) -> None:
-        self.writer.write_records(recs)
-        self._publish()
-
-    def close(self) -> list:
-        shards = self.writer.close()
-        self._publish()
-        return shards
-
-    def abort(self) -> None:
-        self.writer.abort()
+    return _open(out, overwrite=overwrite, extend=extend, what=what, writes=writes)
 
 
 def _source_chunks(source: Source, split: str, batch_size: int, shape, learn: list):
@@ -181,9 +150,6 @@ def _source_chunks(source: Source, split: str, batch_size: int, shape, learn: li
 
 
 def _encrypt_split(source, split, folder, eng, scheme, fmt, shard_size, batch_size, manifest, progress):
-    from .remote import RemoteFolder
-
-    out = folder.path
     count = 0
     images_in = 0
     skipped_before = len(source.skipped)
@@ -216,10 +182,8 @@ def _encrypt_split(source, split, folder, eng, scheme, fmt, shard_size, batch_si
                 if manifest["shape"] is None:
                     manifest["shape"] = checked_shape(scheme, shape)
                     manifest["_shape_origin"] = shape_origin
-                writer = make_writer(fmt, out, split, shape, shard_size,
-                                     attrs={"classes": source.classes, "scheme": scheme.describe()}, claim=folder.claim)
-                if isinstance(folder, RemoteFolder):
-                    writer = _Publishing(writer, folder)
+                writer = make_writer(fmt, folder, split, shape, shard_size,
+                                     attrs={"classes": source.classes, "scheme": scheme.describe()})
                 worker = WriterThread(writer).__enter__()
             worker.put(res.keys, res.images, res.labels)
             count += len(res.keys)
@@ -308,8 +272,8 @@ def decrypt(directory: str | Path, keystore: str | Path, out: str | Path, *, fmt
     with OutputFolder(out, overwrite=overwrite) as folder:
         for sp in _splits_to_decrypt(manifest, directory):
             ss = ShardSet(directory, sp, manifest, verify=verify)
-            writer = make_writer(fmt, folder.path, sp, ss.shape, manifest.get("options", {}).get("shard_size", 10000),
-                                 attrs={"classes": ss.classes, "scheme": plain.describe()}, claim=folder.claim)
+            writer = make_writer(fmt, folder, sp, ss.shape, (manifest.get("options") or {}).get("shard_size", 10000),
+                                 attrs={"classes": ss.classes, "scheme": plain.describe()})
             written = 0
             try:
                 for s in tqdm(ss.batches(batch_size), desc=f"decrypt {sp}", disable=not progress, leave=False):
@@ -372,7 +336,7 @@ def _decrypt_png(directory, manifest, scheme, stream, index_of, out: Path, overw
     result = {"format": "png", "manifest_version": manifest.get("manifest_version"),
               "source": {"name": "decrypt", "parent": manifest["id"]}, "shape": manifest["shape"],
               "classes": classes, "splits": {}, "files": {}}
-    with OutputFolder(out, overwrite=overwrite) as folder:
+    with OutputFolder(out, overwrite=overwrite, writes="png") as folder:
         for sp in _splits_to_decrypt(manifest, directory):
             ss = ShardSet(directory, sp, manifest, verify=verify)
             made: set[str] = set()
@@ -385,17 +349,19 @@ def _decrypt_png(directory, manifest, scheme, stream, index_of, out: Path, overw
                     cls = classes[label] if 0 <= label < len(classes) else str(int(label))
                     rels.append(f"{sp}/{cls}/{check_sample_key(str(key))}.png")
                 dirs = sorted({r.rsplit("/", 1)[0] for r in rels} - made)
-                folder.claim(*[sp] * (sp not in made), *dirs, *rels)
+                if sp not in made:
+                    folder.mkdir(sp)
+                    made.add(sp)
                 for d in dirs:
-                    (folder.path / d).mkdir(parents=True, exist_ok=True)
+                    folder.mkdir(d)
                     made.add(d)
-                made.add(sp)
+                folder.claim(*rels)
                 for rel, img in zip(rels, plain):
                     if rel in result["files"]:
                         raise PpdataError(f"{directory}: sample {rel.rsplit('/', 1)[1][:-4]} appears twice in split {sp}")
-                    path = folder.path / rel
-                    Image.fromarray(img).save(path, format="PNG")
-                    result["files"][rel] = path.stat().st_size
+                    with folder.create(rel, temporary=False) as f:
+                        Image.fromarray(img).save(f, format="PNG")
+                        result["files"][rel] = f.tell()
                 written += len(s)
             result["splits"][sp] = {"count": written}
         folder.write_manifest(result)

@@ -30,31 +30,26 @@ def hdf5_chunk_images(shape) -> int:
     return max(1, (1 << 20) // int(np.prod(shape)))
 
 
-def _no_claim(*names):
-    return None
-
-
 class HDF5Writer:
-    """Writes ``DIR/<split>.h5`` (temporary ``.part``): images, labels, keys + attributes.
-
-    ``claim(*names)``: called with each file name before it is created (``OutputFolder.claim``)."""
+    """Writes ``<split>.h5`` into ``out`` (an ``OutputFolder`` or a local folder path, as
+    ``WebDatasetWriter``): images, labels, keys + attributes, through a file ppdata created."""
 
     format = "hdf5"
 
-    def __init__(self, directory: str | os.PathLike, split: str, shape, attrs: dict | None = None,
-                 claim: Callable = _no_claim, **_):
+    def __init__(self, out, split: str, shape, attrs: dict | None = None, **_):
         import h5py
 
-        self.dir = Path(directory)
+        from .store import as_folder
+
+        self.folder = as_folder(out)
         self.split = split
         self.shape = tuple(shape)
-        name = h5_name(split)
-        claim(name + ".part", name)
-        self.final = self.dir / name
-        self._part = self.dir / (name + ".part")
+        self.name = name = h5_name(split)
+        self._part = self.folder.writing_path(name)
         self.count = 0
+        self._file = self.folder.create(name, readable=True)
         try:
-            self._h5 = h5py.File(self._part, "w")
+            self._h5 = h5py.File(self._file, "w")
             chunk = hdf5_chunk_images(self.shape)
             self._images = self._h5.create_dataset(
                 "images", shape=(0, *self.shape), maxshape=(None, *self.shape), dtype=np.uint8,
@@ -67,8 +62,9 @@ class HDF5Writer:
                 self._h5.attrs[k] = json.dumps(v) if isinstance(v, (dict, list)) else v
             self._h5.attrs["split"] = split
             self._h5.attrs["ppdata_version"] = __version__
-        except OSError as e:
-            raise io_error(e, self._part) from None
+        except (OSError, ValueError) as e:
+            self.abort()
+            raise io_error(e, self._part) if isinstance(e, OSError) else PpdataError(f"{self._part}: {e}") from None
         self.shards: list[ShardInfo] = []
 
     def write(self, keys: Sequence[str], images: np.ndarray, labels: np.ndarray) -> None:
@@ -87,26 +83,34 @@ class HDF5Writer:
         self.count = b
 
     def close(self) -> list[ShardInfo]:
+        import hashlib
+
         try:
             self._h5.attrs["count"] = self.count
             self._h5.close()
-            with open(self._part, "rb") as f:
-                os.fsync(f.fileno())
-            digest = file_sha256(self._part)
-            size = self._part.stat().st_size
-            os.replace(self._part, self.final)
+            f = self._file
+            f.flush()
+            os.fsync(f.fileno())
+            size = os.fstat(f.fileno()).st_size
+            f.seek(0)
+            h = hashlib.sha256()
+            while chunk := f.read(1 << 22):
+                h.update(chunk)
+            f.close()
         except OSError as e:
             raise io_error(e, self._part) from None
-        self.shards = [ShardInfo(self.final.name, self.count, digest, size)]
+        self.folder.finish(self.name)
+        self.shards = [ShardInfo(self.name, self.count, h.hexdigest(), size)]
         return self.shards
 
     def abort(self) -> None:
-        try:
-            self._h5.close()
-        except Exception:  # noqa: BLE001
-            pass
-        if self._part.exists():
-            self._part.unlink()
+        for close in (getattr(getattr(self, "_h5", None), "close", None), self._file.close):
+            try:
+                if close is not None:
+                    close()
+            except Exception:  # noqa: BLE001
+                pass
+        self.folder.discard(self.name)
 
 
 def _fail(path, text: str) -> PpdataError:
