@@ -184,6 +184,7 @@ class ObjectStore:
         self.run = None
         self.staging = LocalStore(tempfile.mkdtemp(prefix="ppdata-upload-"), what="staging folder")
         self._lock_held = False
+        self._previous: bytes | None = None  # a dead run's lock record, until its journal is dealt with
         self._stop = None
         self._thread = None
         self.lost: str | None = None
@@ -352,6 +353,7 @@ class ObjectStore:
                 raise FolderBusy(held, age) from None
             # the holder stopped rewriting its lock: take it over, then make sure nobody else did too
             previous = held
+            self._previous = self.read(".ppdata-lock", 1 << 16)
             self._put(".ppdata-lock", self._lock_record())
             time.sleep(min(2.0, self.heartbeat))
             now = self.read(".ppdata-lock", 1 << 16) or b""
@@ -364,6 +366,10 @@ class ObjectStore:
 
     def alive(self) -> str | None:
         return self.lost
+
+    def settled(self) -> None:
+        """The dead run whose lock was taken over has been cleaned up after: its record goes."""
+        self._previous = None
 
     def _start_heartbeat(self) -> None:
         import threading
@@ -395,7 +401,10 @@ class ObjectStore:
             try:
                 now = self.read(".ppdata-lock", 1 << 16) or b""
                 if self.run.encode() in now:
-                    self.remove(".ppdata-lock")
+                    if self._previous is not None:  # refused before cleaning up: the dead run's record stays
+                        self._put(".ppdata-lock", self._previous)
+                    else:
+                        self.remove(".ppdata-lock")
             except (OSError, PpdataError):
                 pass
 

@@ -231,6 +231,7 @@ class OutputFolder:
             except FolderBusy as busy:
                 raise self._busy(busy) from None
             self._prepare(previous)
+            self.store.settled()
         except BaseException:
             self._release()
             raise

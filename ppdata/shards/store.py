@@ -397,6 +397,9 @@ class LocalStore:
         """Why this run no longer owns the folder (None: it does). An OS lock cannot be lost."""
         return None
 
+    def settled(self) -> None:
+        """An earlier run's leftovers were dealt with (an OS lock keeps no record to drop)."""
+
     def unlock(self) -> None:
         self._locked = False  # released with the descriptor
 
