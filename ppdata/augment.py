@@ -206,6 +206,8 @@ def augment_folder(
                             classes=parent.get("classes", []),
                             options={**(parent.get("options") or {}), "shard_size": shard_size})
     manifest["augment"] = entry
+    if parent.get("scheme_check"):
+        manifest["scheme_check"] = parent["scheme_check"]
 
     with OutputFolder(out, overwrite=overwrite) as folder:
         carried = {}

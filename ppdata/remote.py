@@ -5,14 +5,24 @@
 configuration (for S3: ``AWS_*`` variables, ``~/.aws``; another endpoint such as MinIO:
 ``AWS_ENDPOINT_URL_S3``). Keystores are always local files: a URL is refused for them.
 
-Reading: ``read_ref(ref)`` returns the bytes a ``sources.Ref`` names (a whole file, or a byte
-range for a member of an uncompressed tar), from a local path or a URL; ``open_url`` opens a URL
-as a seekable binary file; ``filesystem(url)`` gives the fsspec file system and path, and names
-the ``pip install`` to run when the protocol's package is missing. Writing a folder of shards on
-object storage: ``RemoteFolder`` (its rules are in its docstring and in docs/scale.md).
+Reading: ``read_ref(ref, limit)`` returns the bytes a ``sources.Ref`` names (a whole file, or a
+byte range for a member of an uncompressed tar), from a local path or a URL, at most ``limit``
+bytes, and from a local path only a regular file (a FIFO or device is refused without blocking);
+``open_url(url, stream=...)`` opens a URL for random access (``stream=False``: needs a server
+that answers range requests; one that does not is refused in one line) or as a stream read once
+from its start (compressed archives: any server). ``filesystem(url)`` gives the fsspec file
+system and path, and names the ``pip install`` to run when the protocol's package is missing.
+
+Timeouts: every request has a connect timeout and a read timeout (``TIMEOUTS``: 10 s and 60 s;
+``ppdata --timeout S`` or ``PPDATA_TIMEOUT=S`` sets the read timeout, the connect timeout is
+the smaller of 10 s and S). Failures: whatever fsspec, aiohttp or botocore raise while reading
+a URL (timeout, a body cut short, a redirect loop, an HTTP status, no range support) is one
+``PpdataError`` line naming the URL (``remote_error``). Writing a folder of shards on object
+storage: ``ObjectStore`` (the storage of ``shards.folder.OutputFolder``).
 """
 from __future__ import annotations
 
+import io
 import os
 import re
 from typing import BinaryIO
@@ -23,6 +33,8 @@ _URL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _MODULES = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "http": "aiohttp", "https": "aiohttp",
             "abfs": "adlfs", "az": "adlfs"}
 READ_ONLY = ("http", "https")
+CONNECT_TIMEOUT = 10.0
+READ_TIMEOUT = 60.0
 
 
 def is_url(path) -> bool:
@@ -34,8 +46,39 @@ def protocol(url: str) -> str:
     return url.split("://", 1)[0].lower()
 
 
+def timeouts() -> tuple[float, float]:
+    """(connect, read) timeouts in seconds: ``PPDATA_TIMEOUT`` (set by ``ppdata --timeout``) or the
+    defaults. Read from the environment so that worker processes and Ray workers share them."""
+    text = os.environ.get("PPDATA_TIMEOUT")
+    if not text:
+        return CONNECT_TIMEOUT, READ_TIMEOUT
+    try:
+        read = float(text)
+        if not read > 0:
+            raise ValueError
+    except ValueError:
+        raise PpdataError(f"PPDATA_TIMEOUT={text!r} is not a positive number of seconds") from None
+    return min(CONNECT_TIMEOUT, read), read
+
+
+def _options(proto: str) -> dict:
+    """fsspec storage options that set the timeouts of ``proto``'s client."""
+    connect, read = timeouts()
+    if proto in ("http", "https"):
+        import aiohttp
+
+        return {"client_kwargs": {"timeout": aiohttp.ClientTimeout(total=None, sock_connect=connect, sock_read=read,
+                                                                   connect=connect)}}
+    if proto in ("s3", "s3a"):
+        return {"config_kwargs": {"connect_timeout": connect, "read_timeout": read}}
+    if proto in ("gs", "gcs"):
+        return {"timeout": read}
+    return {}
+
+
 def filesystem(url: str):
-    """``(fsspec file system, path inside it)`` for ``url``; a missing package is one line."""
+    """``(fsspec file system, path inside it)`` for ``url``, with the timeouts of ``timeouts()``;
+    a missing package is one line."""
     from .extras import require
 
     require("remote", f"the URL {url}", ("fsspec",))
@@ -45,9 +88,90 @@ def filesystem(url: str):
     import fsspec
 
     try:
-        return fsspec.core.url_to_fs(url)
-    except (ValueError, ImportError) as e:
+        return fsspec.core.url_to_fs(url, **_options(protocol(url)))
+    except (ValueError, ImportError, TypeError) as e:
         raise PpdataError(f"cannot open {url}: {e}") from None
+
+
+def remote_error(e: BaseException, url: str) -> PpdataError:
+    """One line naming ``url`` for a failure while reading it (see the module docstring)."""
+    import asyncio
+
+    from .names import printable
+
+    chain, c = [], e
+    while c is not None and len(chain) < 8:
+        chain.append(c)
+        c = c.__cause__ or c.__context__
+    names = {type(x).__name__ for x in chain}
+    status = next((getattr(x, "status", None) for x in chain if isinstance(getattr(x, "status", None), int)), None)
+    text = " ".join(str(x) for x in chain)
+    _, read = timeouts()
+    if isinstance(e, PpdataError):
+        return e
+    if "TooManyRedirects" in names or "redirect" in text.lower():
+        return PpdataError(f"cannot read {url}: too many redirects (a redirect loop?)")
+    if any(isinstance(x, (asyncio.TimeoutError, TimeoutError)) for x in chain) or \
+            names & {"ServerTimeoutError", "FSTimeoutError", "ReadTimeoutError", "ConnectTimeoutError"}:
+        return PpdataError(f"cannot read {url}: no answer within the {read:g} s timeout (--timeout to wait longer)")
+    if names & {"ClientPayloadError", "ContentLengthError", "TransferEncodingError", "IncompleteRead"}:
+        return PpdataError(f"cannot read {url}: the server ended the response before its end (cut short)")
+    if "range requests" in text or "Cannot seek streaming" in text:
+        return PpdataError(f"cannot read {url}: the server does not answer range requests, which reading this file by "
+                           f"offset needs (an uncompressed .tar); serve it from a server that does, or compress it "
+                           f"(a .tar.gz is read as one stream)")
+    if status == 404 or (isinstance(e, FileNotFoundError) and len(chain) == 1):
+        return PpdataError(f"{url} does not exist")
+    if status is not None:
+        return PpdataError(f"cannot read {url}: HTTP status {status}")
+    if names & {"ClientConnectorError", "ClientOSError", "ServerDisconnectedError", "EndpointConnectionError",
+                "ConnectionRefusedError", "ConnectionResetError"}:
+        return PpdataError(f"cannot read {url}: cannot connect ({printable(str(e)).splitlines()[0][:160] if str(e) else type(e).__name__})")
+    detail = printable(str(e)).splitlines()[0][:200] if str(e).strip() else type(e).__name__
+    return PpdataError(f"cannot read {url}: {detail}")
+
+
+class RemoteFile(io.RawIOBase):
+    """A file opened from a URL whose every failure is one ``PpdataError`` line naming the URL."""
+
+    def __init__(self, f, url: str):
+        self.f, self.url = f, url
+
+    def _call(self, fn, *args):
+        try:
+            return fn(*args)
+        except (PpdataError, KeyboardInterrupt):
+            raise
+        except Exception as e:  # noqa: BLE001  (fsspec, aiohttp and botocore raise many kinds)
+            raise remote_error(e, self.url) from None
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return self._call(self.f.seekable)
+
+    def readinto(self, b) -> int:
+        data = self._call(self.f.read, len(b))
+        n = len(data)
+        b[:n] = data
+        return n
+
+    def read(self, n: int = -1) -> bytes:
+        return self._call(self.f.read, n)
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        return self._call(self.f.seek, pos, whence)
+
+    def tell(self) -> int:
+        return self._call(self.f.tell)
+
+    def close(self) -> None:
+        try:
+            self.f.close()
+        except Exception:  # noqa: BLE001
+            pass
+        super().close()
 
 
 def join(base: str, *names: str) -> str:
@@ -61,43 +185,58 @@ def basename(path: str) -> str:
     return path.rstrip("/").rsplit("/", 1)[-1] if is_url(path) else os.path.basename(os.path.normpath(path))
 
 
-def open_url(url: str) -> BinaryIO:
-    """A URL as a seekable binary file (read-ahead cache; caller closes it)."""
-    fs, path = filesystem(url)
+def _call(url: str, fn, *args, **kw):
     try:
-        return fs.open(path, "rb", block_size=4 << 20, cache_type="readahead")
-    except FileNotFoundError:
-        raise PpdataError(f"{url} does not exist") from None
-    except OSError as e:
-        raise PpdataError(f"cannot read {url}: {e}") from None
+        return fn(*args, **kw)
+    except (PpdataError, KeyboardInterrupt):
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise remote_error(e, url) from None
+
+
+def open_url(url: str, stream: bool = False) -> BinaryIO:
+    """A URL as a binary file (caller closes it): random access (read-ahead cache), or with
+    ``stream`` a stream read once from its start (any server; ``peek`` works, ``seek`` does not)."""
+    fs, path = filesystem(url)
+    if stream and protocol(url) in ("http", "https"):
+        f = _call(url, fs.open, path, "rb", block_size=0)
+        return io.BufferedReader(RemoteFile(f, url), 1 << 20)
+    f = _call(url, fs.open, path, "rb", block_size=4 << 20, cache_type="readahead")
+    return io.BufferedReader(RemoteFile(f, url), 1 << 16) if stream else RemoteFile(f, url)
 
 
 def size_of(url: str) -> int:
     fs, path = filesystem(url)
-    try:
-        return int(fs.size(path))
-    except FileNotFoundError:
-        raise PpdataError(f"{url} does not exist") from None
+    return int(_call(url, fs.size, path))
 
 
-def read_ref(ref) -> bytes:
-    """The bytes of a ``sources.Ref``: a whole file, or ``size`` bytes at ``offset``. A short read
-    is an error (``PpdataError``), never fewer bytes."""
+def read_ref(ref, limit: int | None = None) -> bytes:
+    """The bytes of a ``sources.Ref``: a whole file, or ``size`` bytes at ``offset``; at most
+    ``limit`` bytes (more is an error), and of a local path only a regular file. A short read is
+    an error (``PpdataError``), never fewer bytes."""
+    from .fileio import read_fd
+
+    if ref.size is not None and limit is not None and ref.size > limit:
+        raise PpdataError(f"{ref.path}: {ref.size:,} bytes, more than the {limit:,} allowed")
     if is_url(ref.path):
         fs, path = filesystem(ref.path)
+        if ref.offset is None:
+            def whole():
+                with fs.open(path, "rb", block_size=0 if protocol(ref.path) in READ_ONLY else None) as f:
+                    return f.read(-1 if limit is None else limit + 1)
+            data = _call(ref.path, whole)
+            if limit is not None and len(data) > limit:
+                raise PpdataError(f"{ref.path}: more than the {limit:,} bytes allowed")
+        else:
+            data = _call(ref.path, fs.cat_file, path, start=ref.offset, end=ref.offset + ref.size)
+    else:
+        try:
+            fd = os.open(ref.path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+        except FileNotFoundError:
+            raise PpdataError(f"{ref.path} does not exist") from None
         try:
             if ref.offset is None:
-                data = fs.cat_file(path)
-            else:
-                data = fs.cat_file(path, start=ref.offset, end=ref.offset + ref.size)
-        except FileNotFoundError:
-            raise OSError(f"{ref.path} does not exist") from None
-    elif ref.offset is None:
-        with open(ref.path, "rb") as f:
-            return f.read()
-    else:
-        fd = os.open(ref.path, os.O_RDONLY)
-        try:
+                return read_fd(fd, ref.path, limit if limit is not None else 1 << 62)
             data = os.pread(fd, ref.size, ref.offset)
         finally:
             os.close(fd)
@@ -111,10 +250,7 @@ def list_files(url: str) -> list[tuple[str, int]]:
     """Every file under the folder ``url``: (path relative to it, size), in sorted order."""
     fs, path = filesystem(url)
     root = path.rstrip("/")
-    try:
-        found = fs.find(root, detail=True)
-    except FileNotFoundError:
-        raise PpdataError(f"{url} does not exist") from None
+    found = _call(url, fs.find, root, detail=True)
     out = []
     for p, info in found.items():
         if info.get("type", "file") != "file":
@@ -127,14 +263,14 @@ def list_files(url: str) -> list[tuple[str, int]]:
 
 def exists(url: str) -> bool:
     fs, path = filesystem(url)
-    return fs.exists(path)
+    return bool(_call(url, fs.exists, path))
 
 
 def isdir(url: str) -> bool:
     fs, path = filesystem(url)
     try:
         return fs.isdir(path)
-    except (OSError, ValueError):
+    except Exception:  # noqa: BLE001
         return False
 
 

@@ -154,8 +154,9 @@ MANIFEST = {
         "keys": {"oneOf": [{"type": "null"}, {
             "type": "object",
             "properties": {"mode": {"enum": ["independent", "same"]}, "key_id": {"oneOf": [{"type": "null"}, _HEX16]},
-                           "seeded": {"type": "boolean"}, "derivation": {"type": "integer", "minimum": 1},
-                           "scheme_check": _HEX16}}], "description": "null or a keys entry"},
+                           "seeded": {"type": "boolean"}, "derivation": {"type": "integer", "minimum": 1}}}],
+            "description": "null or a keys entry"},
+        "scheme_check": _HEX16,
         "shape": {"type": "array", "prefixItems": [_SIDE, _SIDE, {"const": 3}], "minItems": 3, "maxItems": 3,
                   "description": "[H, W, 3]"},
         "classes": {"type": "array", "items": {"type": "string"}, "maxItems": 1_000_000},

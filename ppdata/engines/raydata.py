@@ -82,10 +82,18 @@ class RaySession:
         if not ray.is_initialized():
             kw = {"include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": False}
             address = self.address or os.environ.get("RAY_ADDRESS")
-            if address:
-                ray.init(address=address, **kw)
-            else:
-                ray.init(num_cpus=self.num_cpus, **kw)
+            try:
+                if address:
+                    ray.init(address=address, **kw)
+                else:
+                    ray.init(num_cpus=self.num_cpus, **kw)
+            except KeyboardInterrupt:
+                raise
+            except Exception as e:  # noqa: BLE001  (Ray raises many kinds, with long tracebacks)
+                from ..names import printable
+
+                where = f"the Ray cluster at {address}" if address else "a local Ray"
+                raise PpdataError(f"cannot start {where}: {printable(_cause(e))[:300]}") from None
             self.started = True
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
@@ -296,7 +304,7 @@ def encrypt_ray(source, out, *, splits, scheme, keys, fmt, shard_size, overwrite
 
     from ..keys import Keystore
     from ..names import shard_name
-    from ..pipeline import open_output
+    from ..pipeline import open_output, seal_keys
     from ..sources.base import identity_expand
 
     _ray()  # a missing Ray is named before anything else
@@ -349,6 +357,7 @@ def encrypt_ray(source, out, *, splits, scheme, keys, fmt, shard_size, overwrite
         manifest["decode"]["decoder"] = "torchvision" if totals_decoded.get("torchvision") else "pillow"
         manifest["engine"] = {"name": "ray", "workers": workers, "nodes": len([n for n in ray.nodes() if n.get("Alive")]),
                               "seconds": round(time.time() - t0, 1)}
+        seal_keys(manifest, scheme, keys)
         if keystore is not None:
             Keystore(mode=keys.mode, secret=keys.secret, seeded=seeded, scheme=scheme.describe(),
                      dataset=manifest["id"]).save(keystore)
@@ -379,7 +388,8 @@ def _collect(sp, rows, results, n_items, folder, remote, source, totals_decoded)
         raise PpdataError(f"split {sp}: the tasks read {n_in} images, the source lists {n_items}")
     skipped.sort(key=lambda s: s["index"])
     for s in skipped:
-        log.warning("skipped unreadable image %s: %s", s["path"], s["reason"])
+        source.skip_report.add(s["path"], s["reason"])
+    source.skip_report.flush()
     info = {"count": sum(s["count"] for s in shards),
             "skipped": {"count": len(skipped), "files": skipped[:1000]},
             "shards": shards}
@@ -563,6 +573,8 @@ def augment_ray(directory, out, *, variants, fill, seed, split, shard_size, over
                 parent["format"], source={"name": "augment", "parent": parent.get("id")}, scheme=parent.get("scheme"),
                 keys=parent.get("keys"), shape=shape, classes=parent.get("classes", []),
                 options={**(parent.get("options") or {}), "shard_size": shard_size})
+            if not in_place and parent.get("scheme_check"):
+                manifest["scheme_check"] = parent["scheme_check"]
             if in_place and out_split in manifest["splits"]:  # --overwrite: unlist the earlier expansion first
                 old = manifest["splits"].pop(out_split)
                 folder.write_manifest(manifest)
