@@ -83,7 +83,7 @@ def member_size_problem(size, name: str, extended: bool = False) -> str | None:
     if not isinstance(size, int) or size < 0:
         return f"{what} {printable(name)!r} declares a negative or invalid size ({printable(size)})"
     if size > limit:
-        return f"{what} {printable(name)!r} declares {size:,} bytes, more than the {limit:,} allowed"
+        return f"{what} {printable(name)!r} declares a size of {size:,} bytes, more than the {limit:,} allowed"
     return None
 
 

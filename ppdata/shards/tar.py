@@ -385,6 +385,7 @@ def _generic_tar(path: Path, shape, n_classes, h, chunk) -> Iterator[Samples]:
     images, labels, keys = [], [], []
     pending: dict[str, dict] = {}
     seen: set[str] = set()
+    most = len(npy_header(shape)) + int(np.prod(shape)) + 4096  # the largest member a sample may have
     try:
         with open(path, "rb") as raw:
             stream = io.BufferedReader(_HashingReader(raw, h), 1 << 20)
@@ -398,6 +399,9 @@ def _generic_tar(path: Path, shape, n_classes, h, chunk) -> Iterator[Samples]:
                 entry = pending.setdefault(key, {})
                 if ext in entry:
                     raise _fail(path, f"member {m.name!r} appears twice")
+                if m.size > most:
+                    raise _fail(path, f"member {m.name!r} declares a size of {m.size:,} bytes, more than a sample of "
+                                      f"{tuple(shape)} takes")
                 entry[ext] = f.read()
                 if "npy" in entry and "cls" in entry:
                     try:
@@ -421,6 +425,8 @@ def _generic_tar(path: Path, shape, n_classes, h, chunk) -> Iterator[Samples]:
                 pass
     except ArchiveEnd as e:
         raise _fail(path, str(e)) from None
+    except tarfile.TarError as e:
+        raise _fail(path, f"is not a readable tar archive ({e})") from None
     except OSError as e:
         raise PpdataError(f"cannot read shard {path}: {e.strerror or e}") from None
     if pending:
