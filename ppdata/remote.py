@@ -205,6 +205,21 @@ def open_url(url: str, stream: bool = False) -> BinaryIO:
     return io.BufferedReader(RemoteFile(f, url), 1 << 16) if stream else RemoteFile(f, url)
 
 
+def check_ranges(url: str, size: int) -> None:
+    """Make sure the server answers a range request for ``url`` (a file read by offset, by any
+    process); a server that ignores ranges is one ``PpdataError`` line (see ``remote_error``)."""
+    if size < 2:
+        return
+    fs, path = filesystem(url)
+    f = RemoteFile(_call(url, fs.open, path, "rb", block_size=1 << 12, cache_type="none"), url)
+    try:
+        f.seek(size - 1)
+        if len(f.read(1)) != 1:
+            raise PpdataError(f"cannot read {url}: a range request at byte {size - 1} gave no data")
+    finally:
+        f.close()
+
+
 def size_of(url: str) -> int:
     fs, path = filesystem(url)
     return int(_call(url, fs.size, path))

@@ -32,7 +32,7 @@ from typing import Iterator, Sequence
 from ..archive import Unsupported, checked_members, compression, index_tar, is_tar_name, iter_tar, member_kind
 from ..errors import PpdataError
 from ..names import check_class, check_path_text, printable
-from ..remote import basename, is_url, list_files, open_url, size_of
+from ..remote import basename, check_ranges, is_url, list_files, open_url, size_of
 from .base import SPLIT_NAMES, Batch, Item, Ref, Skipped, Source
 from .decode import IMAGE_EXTENSIONS, MAX_PIXELS, Decode
 
@@ -195,8 +195,10 @@ class FolderSource(Source):
         with self._open(stream=True) as f:
             self.compressed = compression(f.peek(6)[:6])
             if self.compressed is None and self.url:  # an uncompressed tar is listed by seeking: ranges
+                size = size_of(self.location)
+                check_ranges(self.location, size)  # its members are read by offset, by any process
                 with self._open() as g:
-                    members = [(m.name, m.kind, m) for m in index_tar(g, self.location, size_of(self.location))]
+                    members = [(m.name, m.kind, m) for m in index_tar(g, self.location, size)]
             elif self.compressed is None:
                 members = [(m.name, m.kind, m) for m in index_tar(f, self.location, os.fstat(f.fileno()).st_size)]
             else:
