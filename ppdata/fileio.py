@@ -31,7 +31,8 @@ def atomic_write(path: str | os.PathLike, data: bytes | str | Callable, *, mode:
     """Write ``data`` to ``path`` atomically. ``data``: bytes, text (UTF-8), or a callable that
     writes into the binary file object it is given (e.g. ``lambda f: torch.save(obj, f)``).
 
-    ``tmp``: the temporary file's path (default: a fresh random name beside ``path``).
+    ``tmp``: the temporary file's path (default: a fresh random name beside ``path``); it must not
+    exist (it is created, never opened through a link).
     ``replace=False``: never replace an existing ``path`` (the new file is linked into place, which
     fails if ``path`` exists: ``PpdataError`` saying so, the old file untouched)."""
     path = Path(path)
@@ -40,7 +41,8 @@ def atomic_write(path: str | os.PathLike, data: bytes | str | Callable, *, mode:
         if tmp is None:
             fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
         else:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644 if mode is None else mode)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0),
+                         0o644 if mode is None else mode)  # a new file, never through a link
     except OSError as e:
         raise io_error(e, path) from None
     try:

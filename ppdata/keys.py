@@ -304,7 +304,7 @@ class Keystore:
         data = load_json(raw, f"keystore {path}")
         if not isinstance(data, dict) or data.get("format") != KEYSTORE_FORMAT:
             raise PpdataError(f"{path} is not a ppdata keystore")
-        check(data, "keystore", f"keystore {path}")
+        check(data, "keystore", f"keystore {path} is damaged")
         mode = os.stat(path).st_mode & 0o777
         if mode & 0o077:
             log.warning("keystore %s is readable or writable by other users (mode %03o); chmod 600 it", path, mode)

@@ -317,13 +317,13 @@ def decrypt(directory: str | Path, keystore: str | Path, out: str | Path, *, fmt
     from .cipher import PlainScheme
 
     plain = PlainScheme()
-    result = new_manifest(fmt, source={"name": "decrypt", "parent": manifest["id"]}, scheme=plain.describe(),
+    result = new_manifest(fmt, source={"name": "decrypt", "parent": manifest.get("id")}, scheme=plain.describe(),
                           keys=None, shape=manifest["shape"], classes=manifest.get("classes", []),
                           options={"decrypted_from": manifest.get("scheme")})
     with OutputFolder(out, overwrite=overwrite) as folder:
         for sp in _splits_to_decrypt(manifest, directory):
             ss = ShardSet(directory, sp, manifest, verify=verify)
-            writer = make_writer(fmt, folder, sp, ss.shape, (manifest.get("options") or {}).get("shard_size", 10000),
+            writer = make_writer(fmt, folder, sp, ss.shape, (manifest.get("options") or {}).get("shard_size") or 10000,
                                  attrs={"classes": ss.classes, "scheme": plain.describe()})
             written = 0
             try:
@@ -385,7 +385,7 @@ def _decrypt_png(directory, manifest, scheme, stream, index_of, out: Path, overw
 
     classes = [check_class(c) for c in manifest.get("classes") or []]
     result = {"format": "png", "manifest_version": manifest.get("manifest_version"),
-              "source": {"name": "decrypt", "parent": manifest["id"]}, "shape": manifest["shape"],
+              "source": {"name": "decrypt", "parent": manifest.get("id")}, "shape": manifest["shape"],
               "classes": classes, "splits": {}, "files": {}}
     with OutputFolder(out, overwrite=overwrite, writes="png") as folder:
         for sp in _splits_to_decrypt(manifest, directory):

@@ -161,10 +161,15 @@ MANIFEST = {
                   "description": "[H, W, 3]"},
         "classes": {"type": "array", "items": {"type": "string"}, "maxItems": 1_000_000},
         "sample_key": {"type": ["string", "null"]},
-        "options": {"type": ["object", "null"]},
+        "options": {"type": ["object", "null"], "properties": {  # as given; what readers use is checked
+            "shard_size": {"type": "integer", "minimum": 1}, "batch_size": {"type": "integer", "minimum": 1},
+            "resize": {"oneOf": [{"type": "null"}, _SIDE, _SIZE2], "description": "null, S or [H, W]"},
+            "crop": {"oneOf": [{"type": "null"}, _SIZE2], "description": "null or [H, W]"},
+            "max_pixels": {"type": "integer", "minimum": 1}, "max_bytes": {"type": "integer", "minimum": 1},
+            "strict": {"type": "boolean"}}},
         "decode": {"oneOf": [{"type": "null"}, DECODE], "description": "null or a decode entry"},
         "engine": {"type": ["object", "null"]},
-        "splits": {"type": "object", "propertyNames": _SPLIT, "additionalProperties": SPLIT_INFO},
+        "splits": {"type": "object", "propertyNames": _SPLIT, "additionalProperties": SPLIT_INFO, "minProperties": 1},
         "augment": {"oneOf": [{"type": "null"}, AUGMENT], "description": "null or an augment entry"},
     },
 }
@@ -289,6 +294,8 @@ def describe(err) -> str:
         expected = f"a number {op} {want}"
     elif v in ("minItems", "maxItems"):
         return f"{name} holds {len(err.instance)} items, expected {'at least' if v == 'minItems' else 'at most'} {want}"
+    elif v in ("minProperties", "maxProperties"):
+        return f"{name} holds {len(err.instance)} entries, expected {'at least' if v == 'minProperties' else 'at most'} {want}"
     elif v in ("minLength", "maxLength"):
         return f"{name} is {len(err.instance)} characters, expected {'at least' if v == 'minLength' else 'at most'} {want}"
     elif not expected:

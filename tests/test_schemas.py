@@ -24,11 +24,15 @@ def ppdata(*args):
 
 
 def one_line_or_ok(r) -> None:
-    """Exit 0, or exit 1 with exactly one line: ``Error: ...`` (a traceback would have raised)."""
+    """Exit 0, or exit 1 ending with exactly one ``Error: ...`` line (a traceback would have raised;
+    ``info`` prints its summary first)."""
     assert r.exit_code in (0, 1), r.output
     if r.exit_code == 1:
         lines = [ln for ln in r.output.splitlines() if ln.strip()]
-        assert len(lines) == 1 and lines[0].startswith("Error: "), r.output
+        errors = [ln for ln in lines if ln.startswith("Error: ")]
+        assert len(errors) == 1 and lines[-1] == errors[0] and "Traceback" not in r.output, r.output
+        if not lines[0].startswith("folder "):  # any command but info: the error is all it prints
+            assert len(lines) == 1, r.output
         assert "\x1b" not in r.output
 
 

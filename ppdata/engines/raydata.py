@@ -421,6 +421,8 @@ def _verify_task(batch: dict, folder: str, shape: list, n_classes: int | None, v
     count, size, sha = int(batch["count"][0]), int(batch["bytes"][0]), str(batch["sha256"][0])
     where = join(folder, name)
     actual = size_of(where) if is_url(where) else os.path.getsize(where)
+    if size < 0:  # the manifest records no size (another writer's manifest): the layout decides
+        size = actual
     if actual != size:
         raise PpdataError(f"shard {where}: is {actual} bytes, the manifest says {size} (truncated, extended or replaced)")
     rec = record_size(tuple(shape))
@@ -557,7 +559,8 @@ def augment_ray(directory, out, *, variants, fill, seed, split, shard_size, over
     with RaySession(address, workers) as ray:
         # stage 1: every input shard read whole and checked (the expanded split, and what is carried over)
         checked = [sp for sp in parent["splits"] if sp == split or not in_place]
-        rows = [{"name": s["name"], "count": s["count"], "bytes": s.get("bytes", 0), "sha256": s.get("sha256") or ""}
+        rows = [{"name": s["name"], "count": s["count"], "bytes": -1 if s.get("bytes") is None else s["bytes"],
+                 "sha256": s.get("sha256") or ""}
                 for sp in checked for s in parent["splits"][sp]["shards"]]
         bar = tqdm(total=sum(r["count"] for r in rows), desc="check input (ray)", unit="img",
                    disable=not progress, leave=False)
