@@ -243,8 +243,8 @@ class OutputFolder:
             try:
                 raw = self.store.read(JOURNAL, MAX_JOURNAL_BYTES) or b""
                 first = raw.split(b"\n", 1)[0]
-                who = json.loads(first) if first else {}
-            except (PpdataError, ValueError):
+                who = load_json(first, self.store.where(JOURNAL), max_depth=2) if first else {}
+            except PpdataError:
                 who = {}
         who = who if isinstance(who, dict) else {}
         when = f"alive {busy.age:.0f} s ago" if busy.age is not None else f"started {printable(who.get('started'))}"

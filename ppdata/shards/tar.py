@@ -19,7 +19,7 @@ import io
 import os
 import tarfile
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
