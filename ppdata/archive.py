@@ -33,6 +33,7 @@ from typing import BinaryIO, Callable, Iterator
 import numpy as np
 
 from .errors import PpdataError
+from .names import printable
 
 _MAGIC = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz"}
 _STREAM_ERRORS = (EOFError, zlib.error, lzma.LZMAError, OSError, ValueError)
@@ -71,8 +72,25 @@ def open_archive(path: str | os.PathLike) -> BinaryIO:
     return open(path, "rb")
 
 
+MAX_MEMBER_BYTES = 1 << 40  # no member of an image archive is a terabyte: a size beyond is hostile
+MAX_EXTENDED_BYTES = 1 << 20  # pax headers and GNU long names
+
+
+def member_size_problem(size, name: str, extended: bool = False) -> str | None:
+    """Why a member's declared size is refused (negative, or beyond any real member), or None."""
+    limit = MAX_EXTENDED_BYTES if extended else MAX_MEMBER_BYTES
+    what = "extended header before" if extended else "member"
+    if not isinstance(size, int) or size < 0:
+        return f"{what} {printable(name)!r} declares a negative or invalid size ({printable(size)})"
+    if size > limit:
+        return f"{what} {printable(name)!r} declares a size of {size:,} bytes, more than the {limit:,} allowed"
+    return None
+
+
 class _RecordingInfo(tarfile.TarInfo):
-    """Records on the TarFile why header parsing stopped (tarfile itself swallows it)."""
+    """Records on the TarFile why header parsing stopped (tarfile itself swallows it), and refuses
+    a member whose size (from its header or a pax record) is negative or absurd before tarfile
+    moves by it (a negative size would send it back to an earlier header, forever)."""
 
     @classmethod
     def fromtarfile(cls, tf):
@@ -81,6 +99,25 @@ class _RecordingInfo(tarfile.TarInfo):
         except tarfile.HeaderError as e:
             tf._ppdata_stop = e
             raise
+
+    def _proc_member(self, tf):
+        problem = member_size_problem(self.size, self.name, self.type in (tarfile.XHDTYPE, tarfile.XGLTYPE,
+                                                                          tarfile.GNUTYPE_LONGNAME,
+                                                                          tarfile.GNUTYPE_LONGLINK))
+        if problem:
+            raise tarfile.InvalidHeaderError(problem)
+        return super()._proc_member(tf)
+
+    def _apply_pax_info(self, pax_headers, encoding, errors):
+        super()._apply_pax_info(pax_headers, encoding, errors)
+        if "size" in pax_headers:
+            try:
+                declared = int(pax_headers["size"])
+            except ValueError:
+                declared = pax_headers["size"]
+            problem = member_size_problem(declared, self.name)
+            if problem:
+                raise tarfile.InvalidHeaderError(f"a pax record: {problem}")
 
 
 def _describe(e: BaseException) -> str:
@@ -496,6 +533,9 @@ def iter_tar(stream: BinaryIO, origin: str, *, compressed: str | None = None, ch
             while hdr[156:157] in _PAX + _GNU_LONG:
                 t = hdr[156:157]
                 size = _nti(hdr[124:136])
+                problem = member_size_problem(size, _nts(hdr[0:100]), extended=True)
+                if problem:
+                    raise ArchiveError(f"archive {origin} has a damaged header at byte {at}: {problem}")
                 ext = body(size, "extended header")
                 if t in _GNU_LONG:
                     if t == b"L":
@@ -527,7 +567,14 @@ def iter_tar(stream: BinaryIO, origin: str, *, compressed: str | None = None, ch
                 try:
                     size = int(pax["size"])
                 except ValueError:
-                    size = 0
+                    size = pax["size"]
+                problem = member_size_problem(size, name)
+                if problem:
+                    raise ArchiveError(f"archive {origin} has a damaged header at byte {at}: a pax record: {problem}")
+            else:
+                problem = member_size_problem(size, name)
+                if problem:
+                    raise ArchiveError(f"archive {origin} has a damaged header at byte {at}: {problem}")
             if t in _REGULAR:
                 kind = "file"
             else:

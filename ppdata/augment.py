@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 from pathlib import Path
 from typing import Sequence
 
@@ -49,34 +48,23 @@ def default_output(directory: str | os.PathLike, factor: int) -> Path:
     return d.with_name(f"{d.name}-x{factor}")
 
 
-def _carry(src: Path, dst: Path, link: bool) -> str:
-    """Hard-link ``src`` to ``dst`` (copy across file systems, or when ``link`` is False)."""
-    if link:
-        try:
-            os.link(src, dst)
-            return "hardlink"
-        except OSError:
-            pass
-    shutil.copyfile(src, dst)
-    return "copy"
-
-
 class _Buckets:
-    """Temporary bucket files ``OUT/.shuffle-NNNN.part`` of input records (a structured dtype)."""
+    """Temporary bucket files ``.shuffle-NNNN.part`` of input records (a structured dtype), made
+    in the output folder through its policy (claimed, new regular files, never through a link)."""
 
-    def __init__(self, directory: Path, count: int, dtype: np.dtype, claim=lambda *names: None):
-        names = [f".shuffle-{b:04d}.part" for b in range(count)]
-        claim(*names)
-        self.paths = [directory / n for n in names]
+    def __init__(self, folder, count: int, dtype: np.dtype):
+        self.folder = folder
+        self.names = [f".shuffle-{b:04d}.part" for b in range(count)]
+        folder.claim(*self.names)
         self.dtype = dtype
         self.counts = np.zeros(count, np.int64)
         self.files = []
         try:
-            for p in self.paths:
-                self.files.append(open(p, "wb"))
-        except OSError as e:
+            for n in self.names:
+                self.files.append(folder.create(n, readable=True, temporary=False))
+        except BaseException:
             self.close()
-            raise PpdataError(f"cannot write {p}: {e.strerror or e}") from None
+            raise
 
     def scatter(self, recs: np.ndarray, bucket: np.ndarray) -> None:
         order = np.argsort(bucket, kind="stable")
@@ -88,27 +76,31 @@ class _Buckets:
                 try:
                     self.files[b].write(recs[a : a + c].data)
                 except OSError as e:
-                    raise PpdataError(f"cannot write {self.paths[b]}: {e.strerror or e}") from None
+                    raise PpdataError(f"cannot write {self.folder.where(self.names[b])}: {e.strerror or e}") from None
                 a += c
         self.counts += counts
 
     def finish(self) -> None:
         for f in self.files:
-            f.close()
+            f.flush()
 
     def load(self, b: int) -> np.ndarray:
-        recs = np.fromfile(self.paths[b], self.dtype)
+        f = self.files[b]
+        f.seek(0)
+        recs = np.fromfile(f, self.dtype)
         if len(recs) != self.counts[b]:
-            raise PpdataError(f"temporary file {self.paths[b]} holds {len(recs)} records, expected {self.counts[b]}")
-        self.paths[b].unlink()
+            raise PpdataError(f"temporary file {self.folder.where(self.names[b])} holds {len(recs)} records, expected "
+                              f"{self.counts[b]}")
+        f.close()
+        self.folder.discard(self.names[b], temporary=False)
         return recs
 
     def close(self) -> None:
         for f in self.files:
             if not f.closed:
                 f.close()
-        for p in self.paths:
-            p.unlink(missing_ok=True)
+        for n in self.names:
+            self.folder.discard(n, temporary=False)
 
 
 def augment_folder(
@@ -214,6 +206,8 @@ def augment_folder(
                             classes=parent.get("classes", []),
                             options={**(parent.get("options") or {}), "shard_size": shard_size})
     manifest["augment"] = entry
+    if parent.get("scheme_check"):
+        manifest["scheme_check"] = parent["scheme_check"]
 
     with OutputFolder(out, overwrite=overwrite) as folder:
         carried = {}
@@ -221,8 +215,7 @@ def augment_folder(
             for i, path in enumerate(other.paths):
                 for _ in other.shard_batches(i, 16384):  # the carried shard is checked whole first
                     pass
-                (dst,) = folder.claim(path.name)
-                carried[sp] = _carry(path, dst, link)
+                carried[sp] = folder.link_in(path, path.name, link)
         entry["carried"] = carried
         info = _expand_split(ss, folder, split, variants, fill, seed, shard_size, rec_dtype, n_buckets,
                              max(1, chunk_bytes // rec_dtype.itemsize), write_batch, entry, progress)
@@ -243,9 +236,7 @@ def _augment_in_place(src: Path, parent: dict, ss: ShardSet, out_split: str, ent
             folder.write_manifest(manifest)
             folder.complete = False
             for s in old["shards"]:
-                path = src / s["name"]
-                if path.is_file():
-                    path.unlink()
+                folder.remove_listed(s["name"])
         info = _expand_split(ss, folder, out_split, variants, fill, seed, shard_size, rec_dtype, n_buckets, chunk,
                              write_batch, entry, progress)
         info["augment"] = entry
@@ -287,7 +278,6 @@ def _records(s: Samples, rec_dtype) -> np.ndarray:
 
 def _expand_split(ss: ShardSet, folder: OutputFolder, out_split: str, variants, fill, seed, shard_size, rec_dtype,
                   n_buckets, chunk, write_batch, entry, progress) -> dict:
-    out = folder.path
     V = len(variants)
     n = len(ss)
     total = n * V
@@ -295,7 +285,7 @@ def _expand_split(ss: ShardSet, folder: OutputFolder, out_split: str, variants, 
     suffixes = np.array([("_" + v.name).encode() for v in variants])
     bar = tqdm(total=total + (n if n_buckets > 1 else 0), desc=f"augment {ss.split}", unit="img",
                disable=not progress, leave=False)
-    buckets = _Buckets(out, n_buckets, rec_dtype, folder.claim) if n_buckets > 1 else None
+    buckets = _Buckets(folder, n_buckets, rec_dtype) if n_buckets > 1 else None
     if buckets is None:  # the whole split stays in memory: keys, labels, images (contiguous)
         res_keys = np.empty(n, f"S{KEY_WIDTH}")
         res_labels = np.empty(n, np.int64)
@@ -326,8 +316,8 @@ def _expand_split(ss: ShardSet, folder: OutputFolder, out_split: str, variants, 
         if buckets is not None:
             buckets.finish()
         # pass 2: per bucket, all n_b * V outputs in a seeded random order
-        writer = make_writer(ss.format, out, out_split, ss.shape, shard_size,
-                             attrs={"classes": ss.classes, "scheme": ss.scheme, "augment": entry}, claim=folder.claim)
+        writer = make_writer(ss.format, folder, out_split, ss.shape, shard_size,
+                             attrs={"classes": ss.classes, "scheme": ss.scheme, "augment": entry})
         # tar: records are built here, written and hashed in the writer thread (balances the two cores)
         tar = ss.format == "webdataset"
         with WriterThread(writer, "write_records" if tar else "write") as worker:

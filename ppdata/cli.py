@@ -17,14 +17,25 @@ from .errors import PpdataError
 from .extras import MissingExtra
 
 MAX_PIXELS = 89_478_485  # = ppdata.sources.MAX_PIXELS (kept here so --help needs no import)
+MAX_BYTES = 512 << 20  # = ppdata.sources.decode.MAX_BYTES
 MAX_SIDE = 16384
 
 log = logging.getLogger("ppdata")
 
 
+class _Printable(logging.Formatter):
+    """Every line ppdata logs with control characters escaped (names from archives and manifests
+    may hold terminal escape sequences)."""
+
+    def format(self, record) -> str:
+        from .names import printable
+
+        return "\n".join(printable(line) for line in super().format(record).split("\n"))
+
+
 def _setup_logging(quiet: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    handler.setFormatter(_Printable("%(levelname)s: %(message)s"))
     log.handlers[:] = [handler]
     log.setLevel(logging.ERROR if quiet else logging.INFO)
     log.propagate = False
@@ -38,7 +49,9 @@ def _errors(f):
         try:
             return f(*args, **kwargs)
         except (PpdataError, MissingExtra) as e:
-            raise click.ClickException(str(e)) from None
+            from .names import printable
+
+            raise click.ClickException(printable(str(e))) from None
         except KeyboardInterrupt:
             click.echo("Interrupted; no output was marked complete. Run the command again.", err=True)
             sys.exit(130)
@@ -83,8 +96,10 @@ class _Ctx:
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, "--version", prog_name="ppdata")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or notes on stderr.")
+@click.option("--timeout", type=click.FloatRange(min=0.1), metavar="SECONDS",
+              help="Read timeout of every request to a URL (default 60; connecting: at most 10).")
 @click.pass_context
-def cli(ctx, quiet):
+def cli(ctx, quiet, timeout):
     """Privacy-preserving image datasets: encrypt each image under its own key, shard, expand,
     train and attack.
 
@@ -96,6 +111,10 @@ def cli(ctx, quiet):
     """
     ctx.obj = _Ctx(quiet)
     _setup_logging(quiet)
+    if timeout is not None:  # through the environment: worker processes and Ray workers read it too
+        import os
+
+        os.environ["PPDATA_TIMEOUT"] = repr(float(timeout))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -147,7 +166,10 @@ def cli(ctx, quiet):
                    "(pip install 'ppdata[ray]'; see docs/scale.md).")
 @click.option("--ray-address", metavar="ADDR", help="The Ray cluster to join (default: RAY_ADDRESS, else a local Ray).")
 @click.option("--max-pixels", type=click.IntRange(min=1), default=MAX_PIXELS, show_default=True,
-              help="Skip (and count) images whose header announces more pixels than this (decompression bombs).")
+              help="Skip (and count) images whose header announces more pixels than this (decompression bombs), "
+                   "or that --resize would make larger than this.")
+@click.option("--max-bytes", type=click.IntRange(min=1), default=MAX_BYTES, show_default=True,
+              help="Skip (and count) image files larger than this many bytes.")
 @click.option("--root", default="data", show_default=True, help="Where torchvision datasets live.")
 @click.option("--download/--no-download", default=True, show_default=True,
               help="Let torchvision download the dataset into --root when it is not there.")
@@ -160,8 +182,8 @@ def cli(ctx, quiet):
 @click.pass_obj
 @_errors
 def encrypt(obj, source, path, out, split, key_mode, key_file, keep_keys, seed, cs, plain, scheme, block_size,
-            fmt, shard_size, resize, crop, interpolation, decoder, workers, engine, ray_address, max_pixels, root,
-            download, strict, overwrite, batch_size, augment_spec):
+            fmt, shard_size, resize, crop, interpolation, decoder, workers, engine, ray_address, max_pixels, max_bytes,
+            root, download, strict, overwrite, batch_size, augment_spec):
     """Encrypt SOURCE into sharded archives, every image under its own key by default.
 
     SOURCE is cifar10, cifar100, stl10 (torchvision, --root/--download), folder PATH... (an
@@ -190,6 +212,10 @@ def encrypt(obj, source, path, out, split, key_mode, key_file, keep_keys, seed, 
     size = _parse_size(resize, side=True)
     crop_size = _parse_size(crop, "--crop")
     _check_split_option(split)
+    if keep_keys and not plain:  # before any work: a keystore is never replaced (a dangling link included)
+        from .pipeline import check_keystore_target
+
+        check_keystore_target(keep_keys, out)
     if plain:
         for name, v in (("--cs", cs), ("--key-file", key_file), ("--keep-keys", keep_keys), ("--seed", seed is not None),
                         ("--block-size", block_size)):
@@ -237,7 +263,8 @@ def encrypt(obj, source, path, out, split, key_mode, key_file, keep_keys, seed, 
         expand, extra = plain_expand(variants, fill), {"augment": plain_manifest_entry(variants, fill)}
     from .sources import Decode
 
-    settings = Decode(resize=size, crop=crop_size, interpolation=interpolation, decoder=decoder, max_pixels=max_pixels)
+    settings = Decode(resize=size, crop=crop_size, interpolation=interpolation, decoder=decoder, max_pixels=max_pixels,
+                      max_bytes=max_bytes)
     if interpolation and size is None:
         raise click.UsageError("--interpolation applies to --resize")
     if ray_address and engine != "ray":
@@ -249,7 +276,7 @@ def encrypt(obj, source, path, out, split, key_mode, key_file, keep_keys, seed, 
                    overwrite=overwrite, keystore=keep_keys, seeded=seeded, batch_size=batch_size,
                    extra_options={"resize": list(size) if isinstance(size, tuple) else size,
                                   "crop": list(crop_size) if crop_size else None, "strict": strict,
-                                  "max_pixels": max_pixels, "exif_orientation": "applied"},
+                                  "max_pixels": max_pixels, "max_bytes": max_bytes, "exif_orientation": "applied"},
                    progress=not obj.quiet, workers=workers, engine=engine, ray_address=ray_address,
                    **({"expand": expand, "extra_manifest": extra} if expand else {}))
     _summary(out, manifest)
@@ -363,7 +390,7 @@ def info(directory, verify, as_json):
         click.echo(f"shape     {'x'.join(str(v) for v in m['shape'])}, {len(m.get('classes', []))} classes")
         total = 0
         for sp, v in m["splits"].items():
-            size = sum(s["bytes"] for s in v["shards"])
+            size = sum(s.get("bytes") or 0 for s in v["shards"])
             total += size
             skipped = (v.get("skipped") or {}).get("count", 0)
             aug = v.get("augment")
@@ -392,7 +419,9 @@ def info(directory, verify, as_json):
 @cli.command()
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.argument("plain_path", required=False)
-@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="PNG to write.")
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False),
+              help="PNG to write (.png); an existing file that ppdata did not write is replaced only with --overwrite.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --output that ppdata did not write.")
 @click.option("--split", help="Split to show (default: test if present, else the first).")
 @click.option("-n", "count", type=click.IntRange(1, 1024), default=32, show_default=True, help="Images to show.")
 @click.option("--plain", "plain_source", type=click.Choice(["cifar10", "cifar100", "stl10", "folder", "sample"]),
@@ -400,7 +429,7 @@ def info(directory, verify, as_json):
 @click.option("--root", default="data", show_default=True, help="Where torchvision datasets live (--plain).")
 @click.option("--cols", type=click.IntRange(min=1), default=8, show_default=True)
 @_errors
-def preview(directory, plain_path, output, split, count, plain_source, root, cols):
+def preview(directory, plain_path, output, split, count, plain_source, root, cols, overwrite):
     """Write a contact sheet of a shard folder; with --plain, originals beside encrypted images.
 
     The originals are rebuilt as the folder's manifest says they were encrypted (resize, crop,
@@ -411,10 +440,14 @@ def preview(directory, plain_path, output, split, count, plain_source, root, col
       ppdata preview shards/ -o grid.png
       ppdata preview v/ --plain folder photos.tar.gz -o side-by-side.png
     """
-    from .preview import auto_scale, grid, pairs, save_png
+    from .preview import auto_scale, check_output, grid, pairs, save_png
     from .shards import ShardSet, read_manifest
     from .sources import open_source_as, originals
 
+    if not str(output).lower().endswith(".png"):
+        raise click.BadParameter(f"{output!r}: a contact sheet is a PNG; give a name ending in .png",
+                                 param_hint="--output")
+    check_output(output, overwrite)  # before any work
     m = read_manifest(directory)
     split = split or ("test" if "test" in m["splits"] else next(iter(m["splits"])))
     ss = ShardSet(directory, split, m)
@@ -426,7 +459,7 @@ def preview(directory, plain_path, output, split, count, plain_source, root, col
         images = pairs(originals(src, split, shown.keys), images)
         cols = cols + cols % 2
     sheet = grid(images, cols=cols, scale=auto_scale(ss.shape[0]))
-    save_png(sheet, output)
+    save_png(sheet, output, overwrite=overwrite)
     click.echo(f"{output}: {len(shown)} images of {directory} ({split})" + (" beside originals" if plain_source else ""))
 
 

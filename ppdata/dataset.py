@@ -95,12 +95,9 @@ class ShardDataset:
         if i not in self._files:
             path = self.shards.paths[i]
             if self.format == "hdf5":
-                import h5py
+                from .shards.hdf5 import open_checked
 
-                try:
-                    self._files[i] = h5py.File(path, "r")
-                except OSError as e:
-                    raise PpdataError(f"HDF5 file {path}: cannot be opened ({e})") from None
+                self._files[i] = open_checked(path)
             else:
                 self._files[i] = os.open(path, os.O_RDONLY)
         return self._files[i]

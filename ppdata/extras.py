@@ -1,7 +1,7 @@
 """Optional parts of the distribution and what to install for them.
 
 ``pip install ppdata`` is the client (numpy, pillow, click, tqdm, h5py, webdataset,
-cryptography). ``ppdata[train]`` adds PyTorch for ``python -m train.*``; ``ppdata[attack]`` adds
+cryptography, jsonschema). ``ppdata[train]`` adds PyTorch for ``python -m train.*``; ``ppdata[attack]`` adds
 PyTorch, scikit-image and scipy for the ``attack`` package and ``ppdata audit``; ``ppdata[ray]``
 adds Ray Data for ``--engine ray``; ``ppdata[remote]`` adds fsspec and s3fs for ``s3://`` (and
 ``http(s)://``) sources and outputs; ``ppdata[all]`` is all of them. ``require(extra, modules, what)`` is called by a package that needs an extra: a missing

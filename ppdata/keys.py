@@ -76,6 +76,16 @@ def key_id(secret: bytes) -> str:
     return hashlib.sha256(b"ppdata/key-id/v1\0" + secret).hexdigest()[:16]
 
 
+def scheme_check(secret: bytes, context: bytes) -> str:
+    """``HMAC-SHA256(secret, "ppdata/scheme-check/v1\\0" || context)[:16 hex]``: binds a manifest's
+    scheme, options and image shape (``Scheme.key_context``) to the secret, so that ``decrypt``
+    can tell an edited manifest from the one the data was encrypted with, even with a key file
+    that serves many schemes (``--keys same``). Reveals nothing usable about the secret."""
+    import hmac
+
+    return hmac.new(secret, b"ppdata/scheme-check/v1\0" + context, hashlib.sha256).hexdigest()[:16]
+
+
 def _chacha_into(secret: bytes, nonce12: bytes, counter: int, out: memoryview) -> None:
     """Fill ``out`` with ChaCha20 keystream starting at block ``counter``."""
     enc = Cipher(algorithms.ChaCha20(secret, counter.to_bytes(4, "little") + nonce12), None).encryptor()
@@ -283,24 +293,25 @@ class Keystore:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Keystore":
+        """Read a keystore as untrusted input: a regular file (links followed) of at most
+        ``MAX_KEYSTORE_BYTES``, nested at most ``MAX_DEPTH`` deep, then the keystore schema
+        (``schema.KEYSTORE``); any problem is one line naming the file and the field."""
+        from .fileio import read_regular
+        from .schema import MAX_KEYSTORE_BYTES, check, load_json
+
         path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise PpdataError(f"keystore {path} does not exist") from None
-        except (OSError, ValueError) as e:
-            raise PpdataError(f"cannot read keystore {path}: {e}") from None
+        raw = read_regular(path, MAX_KEYSTORE_BYTES, "keystore")
+        data = load_json(raw, f"keystore {path}")
         if not isinstance(data, dict) or data.get("format") != KEYSTORE_FORMAT:
             raise PpdataError(f"{path} is not a ppdata keystore")
+        check(data, "keystore", f"keystore {path} is damaged")
         mode = os.stat(path).st_mode & 0o777
         if mode & 0o077:
             log.warning("keystore %s is readable or writable by other users (mode %03o); chmod 600 it", path, mode)
-        try:
-            secret = bytes.fromhex(data["secret"])
-            if len(secret) != SECRET_BYTES or data["mode"] not in MODES:
-                raise ValueError
-        except (KeyError, ValueError, TypeError):
-            raise PpdataError(f"keystore {path} is damaged (bad secret or mode)") from None
+        secret = bytes.fromhex(data["secret"])
+        if data.get("key_id") is not None and data["key_id"] != key_id(secret):
+            raise PpdataError(f"keystore {path} is damaged: its key_id {data['key_id']} is not its secret's "
+                              f"({key_id(secret)})")
         known = {"format", "version", "mode", "secret", "key_id", "seeded", "scheme", "dataset"}
         return cls(
             mode=data["mode"],
@@ -329,6 +340,9 @@ def check_new_keystore(path: Path) -> None:
     (ppdata never replaces a keystore), or its folder is missing or not writable."""
     check_path_text(path, "keystore path")
     path = Path(path)
+    if path.is_symlink():
+        raise PpdataError(f"keystore {path} already exists (a symbolic link to {os.readlink(path)}); ppdata never "
+                          f"replaces a keystore nor writes through a link: choose a new file name")
     if path.exists() and not path.is_dir():
         raise PpdataError(f"keystore {path} already exists; ppdata never replaces a keystore (it may be the "
                           f"only key of an earlier dataset): choose a new file name")

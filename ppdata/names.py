@@ -93,6 +93,22 @@ def check_shard_names(fmt: str, split: str, names: list, where: str) -> None:
                           f"{want[0]}{', ...' if len(want) > 1 else ''} in order")
 
 
+def printable(text) -> str:
+    """``text`` for a message: control and other unprintable characters (terminal escapes, bidi
+    overrides, NUL, DEL) written as ``\\x1b``, ``\\u202e``; printable text unchanged."""
+    text = str(text)
+    if text.isprintable():
+        return text
+    out = []
+    for c in text:
+        if c.isprintable() or c == " ":
+            out.append(c)
+        else:
+            n = ord(c)
+            out.append(f"\\x{n:02x}" if n < 0x100 else f"\\u{n:04x}" if n < 0x10000 else f"\\U{n:08x}")
+    return "".join(out)
+
+
 def check_path_text(path, what: str) -> str:
     """Refuse an empty path (which would otherwise mean the current folder)."""
     text = os.fspath(path) if path is not None else ""
@@ -112,3 +128,43 @@ def inside(folder: str | os.PathLike, name: str) -> Path:
     if real != root and root not in real.parents:
         raise PpdataError(f"{path} resolves outside {folder} (to {real})")
     return path
+
+
+# ---------------------------------------------------------------------------------------------
+# the names ppdata itself writes in an output folder (its file grammar)
+
+MANIFEST_NAME = "manifest.json"
+_SHARD_FILE_RE = re.compile(r"^[A-Za-z0-9]{1,32}(?:-\d{6}\.tar|\.h5)(?:\.part)?\Z")
+_OWN_EXTRA = re.compile(r"^(?:manifest\.json\.part|\.shuffle-\d{4}\.part)\Z")
+GRAMMARS = ("shards", "png")
+
+
+def own_name(rel, grammar: str | None = None) -> str | None:
+    """What ``rel`` is in ppdata's own file grammar for an output folder: ``"file"`` or
+    ``"folder"``, or None for a name ppdata never writes.
+
+    ``shards`` (a shard folder): ``<split>-NNNNNN.tar``, ``<split>.h5``, either with ``.part``,
+    ``manifest.json.part``, ``.shuffle-NNNN.part``. ``png`` (``decrypt --format png``): the
+    folders ``<split>`` and ``<split>/<class>``, the files ``<split>/<class>/<key>.png`` and
+    ``manifest.json.part``. ``grammar`` None: either. The manifest itself is not a claimable name."""
+    if not isinstance(rel, str) or not rel or len(rel) > 1024:
+        return None
+    if grammar in (None, "shards") and (_SHARD_FILE_RE.match(rel) or _OWN_EXTRA.match(rel)):
+        return "file"
+    if grammar in (None, "png"):
+        if rel == "manifest.json.part":
+            return "file"
+        parts = rel.split("/")
+        try:
+            check_split(parts[0])
+            if len(parts) >= 2:
+                check_class(parts[1])
+            if len(parts) == 3:
+                stem, dot, ext = parts[2].rpartition(".")
+                if dot != "." or ext != "png":
+                    return None
+                check_sample_key(stem)
+        except PpdataError:
+            return None
+        return {1: "folder", 2: "folder", 3: "file"}.get(len(parts))
+    return None

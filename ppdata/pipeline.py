@@ -18,7 +18,7 @@ from tqdm import tqdm
 from .cipher import Scheme, scheme_from_manifest
 from .errors import PpdataError
 from . import __version__
-from .keys import DERIVATIONS, Keystore, KeyStream, check_new_keystore, is_inside
+from .keys import DERIVATIONS, Keystore, KeyStream, check_new_keystore, is_inside, scheme_check
 from .names import check_class, check_path_text, check_sample_key, check_split
 from .shards import FORMATS, OutputFolder, ShardSet, WriterThread, make_writer, new_manifest, read_manifest
 from .shards.manifest import augment_entry
@@ -75,14 +75,7 @@ def encrypt(
     if scheme.encrypted and keys is None:
         raise PpdataError("an encrypting scheme needs a key stream")
     if keystore is not None:
-        if is_url(str(keystore)):
-            raise PpdataError(f"the keystore {keystore} must be a local file: keys never leave the client")
-        if not remote and is_inside(keystore, out):
-            raise PpdataError(
-                f"refusing to write the keystore {keystore} inside the output folder {out}: "
-                f"the output is uploaded, the keys must stay with the client"
-            )
-        check_new_keystore(Path(keystore))
+        check_keystore_target(keystore, out)
     splits = source.select_splits(split)
     for sp in splits:
         check_split(sp, "source split")
@@ -127,6 +120,7 @@ def encrypt(
             manifest["decode"]["decoder"] = "torchvision" if decoders.get("torchvision") else "pillow"
         manifest.pop("_shape_origin", None)
         manifest["engine"] = {"name": "local", "workers": eng.workers}
+        seal_keys(manifest, scheme, keys)
         if keystore is not None:  # never replaces a file (checked above, and again atomically here)
             Keystore(mode=keys.mode, secret=keys.secret, seeded=seeded, scheme=scheme.describe(),
                      dataset=manifest["id"]).save(keystore)
@@ -134,43 +128,63 @@ def encrypt(
     return manifest
 
 
-def open_output(out, overwrite: bool = False, extend: bool = False, what: str = "--out"):
-    """The output folder of a run: ``OutputFolder`` for a local path, ``remote.RemoteFolder`` for
-    a URL (the same rules; see both)."""
-    from .remote import RemoteFolder, is_url
-
-    if is_url(str(out)):
-        return RemoteFolder(str(out), overwrite=overwrite, extend=extend, what=what)
-    return OutputFolder(out, overwrite=overwrite, extend=extend, what=what)
+def seal_keys(manifest: dict, scheme: Scheme, keys: KeyStream | None) -> None:
+    """Record in the manifest the check value that binds its scheme, options and image shape to
+    the secret (``scheme_check``, see ``keys.scheme_check``), once the shape is known."""
+    if keys is not None and manifest.get("keys") is not None and manifest.get("shape"):
+        manifest["scheme_check"] = scheme_check(keys.secret, scheme.key_context(manifest["shape"]))
 
 
-class _Publishing:
-    """A shard writer whose finished files go to a ``RemoteFolder`` as soon as they are complete."""
+def _canonical(entry) -> str:
+    import json
 
-    def __init__(self, writer, folder):
-        self.writer, self.folder = writer, folder
-        self._done = 0
+    return json.dumps(entry, sort_keys=True, separators=(",", ":"))
 
-    def _publish(self) -> None:
-        for s in self.writer.shards[self._done:]:
-            self.folder.publish(s.name)
-        self._done = len(self.writer.shards)
 
-    def write(self, *args) -> None:
-        self.writer.write(*args)
-        self._publish()
+def _scheme_words(entry: dict) -> str:
+    opts = ", ".join(f"{k}={v}" for k, v in sorted(entry.items()) if k not in ("name", "encrypted"))
+    return f"{entry.get('name')}" + (f" ({opts})" if opts else "")
 
-    def write_records(self, recs) -> None:
-        self.writer.write_records(recs)
-        self._publish()
 
-    def close(self) -> list:
-        shards = self.writer.close()
-        self._publish()
-        return shards
+def check_scheme_against_keystore(directory, manifest: dict, scheme: Scheme, store: Keystore, keystore) -> None:
+    """The keystore is the authority for decryption: the scheme it records must be the manifest's,
+    and the manifest's check value (when it has one) must be what the secret gives for the
+    manifest's scheme and shape. Anything else is refused, naming both: decrypting under another
+    scheme than the one the data was encrypted with writes noise."""
+    from .names import printable
 
-    def abort(self) -> None:
-        self.writer.abort()
+    words = printable(_scheme_words(manifest["scheme"]))
+    if store.scheme is not None and _canonical(store.scheme) != _canonical(manifest["scheme"]):
+        raise PpdataError(f"keystore {keystore} was made for scheme {printable(_scheme_words(store.scheme))}, but the "
+                          f"manifest of {directory} says {words}: the manifest was edited or belongs to other data; "
+                          f"refusing to decrypt")
+    tag = manifest.get("scheme_check")
+    if tag is not None and tag != scheme_check(store.secret, scheme.key_context(manifest["shape"])):
+        raise PpdataError(f"the manifest of {directory} says scheme {words} for {manifest['shape'][0]}x"
+                          f"{manifest['shape'][1]} images, but its check value does not match what the key of "
+                          f"{keystore} gives for that: the manifest was edited; refusing to decrypt")
+
+
+def check_keystore_target(keystore, out) -> None:
+    """Before any work: a new keystore can be created at ``keystore`` (a local file, outside the
+    output folder ``out``, not an existing name: a keystore is never replaced, a dangling link
+    included)."""
+    from .remote import is_url
+
+    if is_url(str(keystore)):
+        raise PpdataError(f"the keystore {keystore} must be a local file: keys never leave the client")
+    if not is_url(str(out)) and is_inside(keystore, out):
+        raise PpdataError(f"refusing to write the keystore {keystore} inside the output folder {out}: "
+                          f"the output is uploaded, the keys must stay with the client")
+    check_new_keystore(Path(keystore))
+
+
+def open_output(out, overwrite: bool = False, extend: bool = False, what: str = "--out", writes: str = "shards"):
+    """The output folder of a run, a local path or a URL: ``shards.folder.OutputFolder`` (one
+    policy for both; see there)."""
+    from .shards.folder import open_output as _open
+
+    return _open(out, overwrite=overwrite, extend=extend, what=what, writes=writes)
 
 
 def _source_chunks(source: Source, split: str, batch_size: int, shape, learn: list):
@@ -181,9 +195,6 @@ def _source_chunks(source: Source, split: str, batch_size: int, shape, learn: li
 
 
 def _encrypt_split(source, split, folder, eng, scheme, fmt, shard_size, batch_size, manifest, progress):
-    from .remote import RemoteFolder
-
-    out = folder.path
     count = 0
     images_in = 0
     skipped_before = len(source.skipped)
@@ -216,10 +227,8 @@ def _encrypt_split(source, split, folder, eng, scheme, fmt, shard_size, batch_si
                 if manifest["shape"] is None:
                     manifest["shape"] = checked_shape(scheme, shape)
                     manifest["_shape_origin"] = shape_origin
-                writer = make_writer(fmt, out, split, shape, shard_size,
-                                     attrs={"classes": source.classes, "scheme": scheme.describe()}, claim=folder.claim)
-                if isinstance(folder, RemoteFolder):
-                    writer = _Publishing(writer, folder)
+                writer = make_writer(fmt, folder, split, shape, shard_size,
+                                     attrs={"classes": source.classes, "scheme": scheme.describe()})
                 worker = WriterThread(writer).__enter__()
             worker.put(res.keys, res.images, res.labels)
             count += len(res.keys)
@@ -233,6 +242,7 @@ def _encrypt_split(source, split, folder, eng, scheme, fmt, shard_size, batch_si
     finally:
         bar.close()
     skipped = source.skipped[skipped_before:]
+    source.skip_report.flush()
     if skipped:
         log.warning("split %s: skipped %d unreadable image(s)", split, len(skipped))
     expected = source.count(split)
@@ -263,8 +273,10 @@ def _shape_error(odd, shape, shape_origin, settings) -> PpdataError:
         ref = f"the --resize/--crop settings make {shape[1]}x{shape[0]}"
     else:
         ref = f"the other images are {shape[1]}x{shape[0]}"
-    return PpdataError(f"image {origin} is {got[1]}x{got[0]} but {ref}; pass --resize HxW (or --resize S "
-                       f"--crop HxW) to bring all images to one size")
+    from .names import printable
+
+    return PpdataError(f"image {printable(origin)} is {got[1]}x{got[0]} but {printable(ref)}; pass --resize HxW (or "
+                       f"--resize S --crop HxW) to bring all images to one size")
 
 
 def decrypt(directory: str | Path, keystore: str | Path, out: str | Path, *, fmt: str | None = None,
@@ -276,6 +288,8 @@ def decrypt(directory: str | Path, keystore: str | Path, out: str | Path, *, fmt
     check_path_text(out, "output folder (--out)")
     manifest = read_manifest(directory)
     store = Keystore.load(check_path_text(keystore, "keystore (--keys)"))
+    if manifest.get("scheme") is None:
+        raise PpdataError(f"{directory}: the manifest records no scheme; nothing to decrypt")
     scheme = scheme_from_manifest(manifest["scheme"])
     if not scheme.encrypted:
         raise PpdataError(f"{directory} holds plain images; nothing to decrypt")
@@ -288,6 +302,7 @@ def decrypt(directory: str | Path, keystore: str | Path, out: str | Path, *, fmt
                           f"(key id {store.key_id}, the data needs {kinfo['key_id']})")
     if kinfo.get("mode") and kinfo["mode"] != store.mode:
         raise PpdataError(f"keystore {keystore} is for {store.mode} keys, {directory} uses {kinfo['mode']} keys")
+    check_scheme_against_keystore(directory, manifest, scheme, store, keystore)
     if is_inside(out, directory) or is_inside(directory, out):
         raise PpdataError("--out must not be inside the encrypted folder (or contain it)")
     index_of = key_indexer(manifest)
@@ -302,14 +317,14 @@ def decrypt(directory: str | Path, keystore: str | Path, out: str | Path, *, fmt
     from .cipher import PlainScheme
 
     plain = PlainScheme()
-    result = new_manifest(fmt, source={"name": "decrypt", "parent": manifest["id"]}, scheme=plain.describe(),
+    result = new_manifest(fmt, source={"name": "decrypt", "parent": manifest.get("id")}, scheme=plain.describe(),
                           keys=None, shape=manifest["shape"], classes=manifest.get("classes", []),
                           options={"decrypted_from": manifest.get("scheme")})
     with OutputFolder(out, overwrite=overwrite) as folder:
         for sp in _splits_to_decrypt(manifest, directory):
             ss = ShardSet(directory, sp, manifest, verify=verify)
-            writer = make_writer(fmt, folder.path, sp, ss.shape, manifest.get("options", {}).get("shard_size", 10000),
-                                 attrs={"classes": ss.classes, "scheme": plain.describe()}, claim=folder.claim)
+            writer = make_writer(fmt, folder, sp, ss.shape, (manifest.get("options") or {}).get("shard_size") or 10000,
+                                 attrs={"classes": ss.classes, "scheme": plain.describe()})
             written = 0
             try:
                 for s in tqdm(ss.batches(batch_size), desc=f"decrypt {sp}", disable=not progress, leave=False):
@@ -370,9 +385,9 @@ def _decrypt_png(directory, manifest, scheme, stream, index_of, out: Path, overw
 
     classes = [check_class(c) for c in manifest.get("classes") or []]
     result = {"format": "png", "manifest_version": manifest.get("manifest_version"),
-              "source": {"name": "decrypt", "parent": manifest["id"]}, "shape": manifest["shape"],
+              "source": {"name": "decrypt", "parent": manifest.get("id")}, "shape": manifest["shape"],
               "classes": classes, "splits": {}, "files": {}}
-    with OutputFolder(out, overwrite=overwrite) as folder:
+    with OutputFolder(out, overwrite=overwrite, writes="png") as folder:
         for sp in _splits_to_decrypt(manifest, directory):
             ss = ShardSet(directory, sp, manifest, verify=verify)
             made: set[str] = set()
@@ -385,17 +400,19 @@ def _decrypt_png(directory, manifest, scheme, stream, index_of, out: Path, overw
                     cls = classes[label] if 0 <= label < len(classes) else str(int(label))
                     rels.append(f"{sp}/{cls}/{check_sample_key(str(key))}.png")
                 dirs = sorted({r.rsplit("/", 1)[0] for r in rels} - made)
-                folder.claim(*[sp] * (sp not in made), *dirs, *rels)
+                if sp not in made:
+                    folder.mkdir(sp)
+                    made.add(sp)
                 for d in dirs:
-                    (folder.path / d).mkdir(parents=True, exist_ok=True)
+                    folder.mkdir(d)
                     made.add(d)
-                made.add(sp)
+                folder.claim(*rels)
                 for rel, img in zip(rels, plain):
                     if rel in result["files"]:
                         raise PpdataError(f"{directory}: sample {rel.rsplit('/', 1)[1][:-4]} appears twice in split {sp}")
-                    path = folder.path / rel
-                    Image.fromarray(img).save(path, format="PNG")
-                    result["files"][rel] = path.stat().st_size
+                    with folder.create(rel, temporary=False) as f:
+                        Image.fromarray(img).save(f, format="PNG")
+                        result["files"][rel] = f.tell()
                 written += len(s)
             result["splits"][sp] = {"count": written}
         folder.write_manifest(result)

@@ -47,8 +47,57 @@ def pairs(*columns: np.ndarray) -> np.ndarray:
     return np.stack([c[:n] for c in columns], axis=1).reshape(n * len(columns), *columns[0].shape[1:])
 
 
-def save_png(image: np.ndarray, path: str | Path) -> Path:
+MARK = ("Software", "ppdata preview")  # a PNG text chunk: the sheets ppdata wrote, and may replace
+
+
+def wrote_it(path: str | Path) -> bool:
+    """True if ``path`` is a regular file holding a contact sheet ppdata wrote."""
+    import os
+    import stat
+
+    try:
+        st = os.lstat(path)
+        if not stat.S_ISREG(st.st_mode):
+            return False
+        with Image.open(path) as img:
+            return img.format == "PNG" and img.text.get(MARK[0]) == MARK[1]
+    except Exception:  # noqa: BLE001  (not an image ppdata can read: not ppdata's)
+        return False
+
+
+def check_output(path: str | Path, overwrite: bool = False) -> None:
+    """Refuse (``PpdataError``) to replace a file ppdata did not write, unless ``overwrite``; a
+    folder, link or special file at ``path`` is always refused."""
+    import os
+    import stat
+
+    from .errors import PpdataError
+
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISREG(st.st_mode):
+        raise PpdataError(f"{path} exists and is not a regular file; ppdata does not replace it")
+    if not overwrite and not wrote_it(path):
+        raise PpdataError(f"{path} exists and is not a contact sheet ppdata wrote; pass --overwrite to replace it")
+
+
+def save_png(image: np.ndarray, path: str | Path, overwrite: bool = True) -> Path:
+    """Write ``image`` as a PNG marked as ppdata's (``MARK``), atomically (a link at ``path`` is
+    replaced, never written through); ``overwrite=False`` refuses a file ppdata did not write."""
+    import io
+
+    from PIL.PngImagePlugin import PngInfo
+
+    from .fileio import atomic_write
+
     path = Path(path)
+    check_output(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(image).save(path)
+    info = PngInfo()
+    info.add_text(*MARK)
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG", pnginfo=info)
+    atomic_write(path, buf.getvalue())
     return path

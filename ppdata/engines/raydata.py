@@ -82,10 +82,18 @@ class RaySession:
         if not ray.is_initialized():
             kw = {"include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": False}
             address = self.address or os.environ.get("RAY_ADDRESS")
-            if address:
-                ray.init(address=address, **kw)
-            else:
-                ray.init(num_cpus=self.num_cpus, **kw)
+            try:
+                if address:
+                    ray.init(address=address, **kw)
+                else:
+                    ray.init(num_cpus=self.num_cpus, **kw)
+            except KeyboardInterrupt:
+                raise
+            except Exception as e:  # noqa: BLE001  (Ray raises many kinds, with long tracebacks)
+                from ..names import printable
+
+                where = f"the Ray cluster at {address}" if address else "a local Ray"
+                raise PpdataError(f"cannot start {where}: {printable(_cause(e))[:300]}") from None
             self.started = True
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
@@ -151,20 +159,28 @@ def _run_tasks(ray, rows: list[dict], fn, fn_kwargs: dict, workers: int | None, 
 
 
 class _ShardFile:
-    """One tar shard written by a task: to a local (shared) folder through ``<name>.part``, or
-    staged locally and uploaded to a URL with a create-only put. Hashes as it writes."""
+    """One tar shard written by a task: into a local (shared) folder as a new ``<name>.part``
+    (``shards.store.LocalStore``: never through a link) renamed when complete, or staged locally
+    and uploaded to a URL with a create-only put. Hashes as it writes."""
 
     def __init__(self, out: str, name: str):
         import tempfile
 
         self.out, self.name = out, name
         self.url = is_url(out)
+        self.store = None
         if self.url:
             fd, self.tmp = tempfile.mkstemp(prefix="ppdata-shard-", suffix=".tar")
             self.f = os.fdopen(fd, "wb")
         else:
-            self.tmp = os.path.join(out, name + ".part")
-            self.f = open(self.tmp, "wb")
+            from ..shards.store import LocalStore
+
+            self.store = LocalStore(out, create_missing=False)
+            self.tmp = name + ".part"
+            entry = self.store.entry(self.tmp)
+            if entry is not None and entry.kind == "file":  # a retried task: its own earlier attempt
+                self.store.remove(self.tmp)
+            self.f = self.store.create(self.tmp)
         self.h = hashlib.sha256()
         self.bytes = 0
         self.count = 0
@@ -188,15 +204,22 @@ class _ShardFile:
             _upload(self.tmp, join(self.out, self.name), sha)
             os.unlink(self.tmp)
         else:
-            os.replace(self.tmp, os.path.join(self.out, self.name))
+            self.store.finish(self.tmp, self.name)
+            self.store.close()
         return {"name": self.name, "count": self.count, "sha256": sha, "bytes": self.bytes}
 
     def abort(self) -> None:
         try:
             self.f.close()
         finally:
-            if os.path.exists(self.tmp):
-                os.unlink(self.tmp)
+            if self.url:
+                if os.path.exists(self.tmp):
+                    os.unlink(self.tmp)
+            else:
+                try:
+                    self.store.remove(self.tmp)
+                finally:
+                    self.store.close()
 
 
 def _upload(local: str, url: str, sha: str) -> None:
@@ -281,7 +304,7 @@ def encrypt_ray(source, out, *, splits, scheme, keys, fmt, shard_size, overwrite
 
     from ..keys import Keystore
     from ..names import shard_name
-    from ..pipeline import open_output
+    from ..pipeline import open_output, seal_keys
     from ..sources.base import identity_expand
 
     _ray()  # a missing Ray is named before anything else
@@ -320,7 +343,7 @@ def encrypt_ray(source, out, *, splits, scheme, keys, fmt, shard_size, overwrite
             per = max(1, shard_size // _expansion(manifest, sp))
             rows = [{"split": sp, "shard": k, "name": shard_name(sp, k), "items": pickle.dumps(items[a:a + per])}
                     for k, a in enumerate(range(0, len(items), per))]
-            folder.claim(*[n for r in rows for n in ([r["name"]] if remote else [r["name"] + ".part", r["name"]])])
+            folder.claim_files(*[r["name"] for r in rows])
             bar = tqdm(total=len(items), desc=f"encrypt {sp} (ray)", unit="img", disable=not progress, leave=False)
             try:
                 results = _run_tasks(ray, rows, _encrypt_task,
@@ -334,6 +357,7 @@ def encrypt_ray(source, out, *, splits, scheme, keys, fmt, shard_size, overwrite
         manifest["decode"]["decoder"] = "torchvision" if totals_decoded.get("torchvision") else "pillow"
         manifest["engine"] = {"name": "ray", "workers": workers, "nodes": len([n for n in ray.nodes() if n.get("Alive")]),
                               "seconds": round(time.time() - t0, 1)}
+        seal_keys(manifest, scheme, keys)
         if keystore is not None:
             Keystore(mode=keys.mode, secret=keys.secret, seeded=seeded, scheme=scheme.describe(),
                      dataset=manifest["id"]).save(keystore)
@@ -356,15 +380,16 @@ def _collect(sp, rows, results, n_items, folder, remote, source, totals_decoded)
             totals_decoded[key] = totals_decoded.get(key, 0) + v
         n_in += int(r["n"])
         if not remote:
-            p = Path(folder.path) / info["name"]
-            if not p.is_file() or p.stat().st_size != info["bytes"]:
+            e = folder.entry(info["name"])
+            if e is None or e.kind != "file" or e.size != info["bytes"]:
                 raise PpdataError(f"shard {info['name']} was written by a Ray worker but is not in {folder.path} with "
                                   f"its size: on a cluster --out must be a folder every node shares, or a URL")
     if n_in != n_items:
         raise PpdataError(f"split {sp}: the tasks read {n_in} images, the source lists {n_items}")
     skipped.sort(key=lambda s: s["index"])
     for s in skipped:
-        log.warning("skipped unreadable image %s: %s", s["path"], s["reason"])
+        source.skip_report.add(s["path"], s["reason"])
+    source.skip_report.flush()
     info = {"count": sum(s["count"] for s in shards),
             "skipped": {"count": len(skipped), "files": skipped[:1000]},
             "shards": shards}
@@ -396,6 +421,8 @@ def _verify_task(batch: dict, folder: str, shape: list, n_classes: int | None, v
     count, size, sha = int(batch["count"][0]), int(batch["bytes"][0]), str(batch["sha256"][0])
     where = join(folder, name)
     actual = size_of(where) if is_url(where) else os.path.getsize(where)
+    if size < 0:  # the manifest records no size (another writer's manifest): the layout decides
+        size = actual
     if actual != size:
         raise PpdataError(f"shard {where}: is {actual} bytes, the manifest says {size} (truncated, extended or replaced)")
     rec = record_size(tuple(shape))
@@ -532,7 +559,8 @@ def augment_ray(directory, out, *, variants, fill, seed, split, shard_size, over
     with RaySession(address, workers) as ray:
         # stage 1: every input shard read whole and checked (the expanded split, and what is carried over)
         checked = [sp for sp in parent["splits"] if sp == split or not in_place]
-        rows = [{"name": s["name"], "count": s["count"], "bytes": s.get("bytes", 0), "sha256": s.get("sha256") or ""}
+        rows = [{"name": s["name"], "count": s["count"], "bytes": -1 if s.get("bytes") is None else s["bytes"],
+                 "sha256": s.get("sha256") or ""}
                 for sp in checked for s in parent["splits"][sp]["shards"]]
         bar = tqdm(total=sum(r["count"] for r in rows), desc="check input (ray)", unit="img",
                    disable=not progress, leave=False)
@@ -548,17 +576,19 @@ def augment_ray(directory, out, *, variants, fill, seed, split, shard_size, over
                 parent["format"], source={"name": "augment", "parent": parent.get("id")}, scheme=parent.get("scheme"),
                 keys=parent.get("keys"), shape=shape, classes=parent.get("classes", []),
                 options={**(parent.get("options") or {}), "shard_size": shard_size})
+            if not in_place and parent.get("scheme_check"):
+                manifest["scheme_check"] = parent["scheme_check"]
             if in_place and out_split in manifest["splits"]:  # --overwrite: unlist the earlier expansion first
                 old = manifest["splits"].pop(out_split)
                 folder.write_manifest(manifest)
                 folder.complete = False
                 for s in old["shards"]:
-                    _remove(target, s["name"])
+                    folder.remove_listed(s["name"])
             if not in_place:
                 entry["carried"] = _carry(src, parent, split, folder, remote)
             rows = [{"shard": k, "name": shard_name(out_split, k), "perm": perm[a:a + shard_size].tobytes()}
                     for k, a in enumerate(range(0, n * V, shard_size))]
-            folder.claim(*[n for r in rows for n in ([r["name"]] if remote else [r["name"] + ".part", r["name"]])])
+            folder.claim_files(*[r["name"] for r in rows])
             bar = tqdm(total=n * V, desc=f"augment {split} (ray)", unit="img", disable=not progress, leave=False)
             try:
                 results = _run_tasks(ray, rows, _augment_task,
@@ -574,8 +604,8 @@ def augment_ray(directory, out, *, variants, fill, seed, split, shard_size, over
             shards = [by[k] for k in range(len(rows))]
             if not remote:
                 for s in shards:
-                    p = Path(folder.path) / s["name"]
-                    if not p.is_file() or p.stat().st_size != s["bytes"]:
+                    e = folder.entry(s["name"])
+                    if e is None or e.kind != "file" or e.size != s["bytes"]:
                         raise PpdataError(f"shard {s['name']} is not in {folder.path} with its size: on a cluster the "
                                           f"folder must be shared by every node, or a URL")
             if sum(s["count"] for s in shards) != n * V:
@@ -592,54 +622,22 @@ def augment_ray(directory, out, *, variants, fill, seed, split, shard_size, over
     return manifest
 
 
-def _remove(folder: str, name: str) -> None:
-    if is_url(folder):
-        from ..remote import filesystem
-
-        fs, path = filesystem(join(folder, name))
-        try:
-            fs.rm_file(path)
-        except FileNotFoundError:
-            pass
-    else:
-        p = Path(folder) / name
-        if p.is_file():
-            p.unlink()
-
-
 def _carry(src: str, parent: dict, split: str, folder, remote: bool) -> dict:
-    """Copy the other splits' shards (checked in stage 1) into the new folder."""
-    import shutil
-
+    """Carry the other splits' shards (checked in stage 1) into the new folder: hard links on one
+    local file system, else copies."""
     carried = {}
     for sp, info in parent["splits"].items():
         if sp == split:
             continue
         for s in info["shards"]:
-            folder.claim(s["name"])
-            if remote or is_url(src):
-                data = read_ref(_shard_ref(src, s["name"]))
-                if remote:
-                    staged = Path(folder.path) / s["name"]
-                    staged.write_bytes(data)
-                    folder.publish(s["name"])
-                else:
-                    (Path(folder.path) / s["name"]).write_bytes(data)
-                carried[sp] = "copy"
-            else:
-                dst = Path(folder.path) / s["name"]
-                try:
-                    os.link(Path(src) / s["name"], dst)
-                    carried[sp] = "hardlink"
-                except OSError:
-                    shutil.copyfile(Path(src) / s["name"], dst)
-                    carried[sp] = "copy"
+            source = _shard_ref(src, s["name"]).path
+            carried[sp] = folder.link_in(source if is_url(src) else Path(source), s["name"], link=not is_url(src))
     return carried
 
 
 def read_manifest_at(folder: str) -> tuple[dict, str]:
     """A shard folder's checked manifest and its sha256, from a local folder or a URL."""
-    from ..shards.manifest import MAX_MANIFEST_BYTES, check_manifest, read_manifest
+    from ..shards.manifest import MAX_MANIFEST_BYTES, parse_manifest, read_manifest
 
     if not is_url(folder):
         from ..fileio import file_sha256
@@ -656,12 +654,7 @@ def read_manifest_at(folder: str) -> tuple[dict, str]:
         raise PpdataError(f"{folder} has no manifest.json; is it a complete ppdata shard folder?") from None
     if len(raw) > MAX_MANIFEST_BYTES:
         raise PpdataError(f"{url} is larger than {MAX_MANIFEST_BYTES >> 20} MiB; not a ppdata manifest")
-    try:
-        m = json.loads(raw)
-    except ValueError as e:
-        raise PpdataError(f"cannot read {url}: {e}") from None
-    check_manifest(m, url)
-    return m, hashlib.sha256(raw).hexdigest()
+    return parse_manifest(raw, url), hashlib.sha256(raw).hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------

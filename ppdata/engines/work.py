@@ -125,30 +125,37 @@ def decode_items(items: list[Item], d: Decode) -> list[tuple[Item, np.ndarray | 
         data = it.data
         if data is None:
             try:
-                data = read_ref(it.ref)
+                data = read_ref(it.ref, d.max_bytes)
             except (OSError, PpdataError) as e:
                 blobs.append(None)
-                out.append([it, None, str(getattr(e, "strerror", None) or e), None])
+                out.append([it, None, _reason(e, it), None])
                 continue
+        elif len(data) > d.max_bytes:
+            blobs.append(None)
+            out.append([it, None, f"file is {len(data):,} bytes, over the limit of {d.max_bytes:,}", None])
+            continue
         blobs.append(data)
         out.append([it, None, None, None])
     tv = _torchvision(d)
     if tv is not None:
-        rows = [i for i, b in enumerate(blobs) if b is not None and tv.accepts(b, d.max_pixels)]
+        rows = [i for i, b in enumerate(blobs) if b is not None and tv.accepts(b, d)]
         if rows:
             for i, a in zip(rows, tv.decode_many([blobs[i] for i in rows])):
                 if a is None:
                     continue
                 if _STATE.probed < PROBE_IMAGES:  # this process has not yet seen torchvision give Pillow's pixels
                     _STATE.probed += 1
-                    ref = pillow_decode(blobs[i], Decode(max_pixels=d.max_pixels))
+                    ref = pillow_decode(blobs[i], Decode(max_pixels=d.max_pixels, max_bytes=d.max_bytes))
                     if ref.shape != a.shape or not np.array_equal(ref, a):
                         raise DecoderMismatch(f"torchvision decodes {out[i][0].origin} to other pixels than Pillow; "
                                               f"run again with --decoder pillow")
                 from PIL import Image
 
-                out[i][1] = a if d.resize is None and d.crop is None else finish(Image.fromarray(a), d)
-                out[i][3] = "torchvision"
+                try:
+                    out[i][1] = a if d.resize is None and d.crop is None else finish(Image.fromarray(a), d)
+                    out[i][3] = "torchvision"
+                except Exception as e:  # noqa: BLE001  (a size limit after resizing, or Pillow's)
+                    out[i][2] = failure_reason(e)
                 blobs[i] = None
     for i, b in enumerate(blobs):
         if b is None:
@@ -159,6 +166,15 @@ def decode_items(items: list[Item], d: Decode) -> list[tuple[Item, np.ndarray | 
         except Exception as e:  # noqa: BLE001  (Pillow raises many types for bad files)
             out[i][2] = failure_reason(e)
     return [tuple(r) for r in out]
+
+
+def _reason(e: BaseException, it: Item) -> str:
+    """Why an image's bytes could not be read, without repeating its path."""
+    text = str(getattr(e, "strerror", None) or e)
+    for name in (it.origin, str(getattr(it.ref, "path", ""))):
+        if name and text.startswith(name):
+            text = text[len(name):].lstrip(": ") or text
+    return text
 
 
 def checked_shape(scheme, shape) -> list[int]:

@@ -128,11 +128,34 @@ def get_scheme(name: str, **options) -> Scheme:
 
 
 def scheme_from_manifest(desc: dict) -> Scheme:
-    """Rebuild a scheme from the ``scheme`` entry of a manifest (``Scheme.describe()``)."""
+    """Rebuild a scheme from the ``scheme`` entry of a manifest or keystore (``Scheme.describe()``).
+
+    The entry must name a registered scheme and hold exactly the options that scheme records, of
+    their types (what ``describe()`` of the rebuilt scheme gives back); anything else is a
+    ``ValueError`` naming the scheme and the option."""
+    import inspect
+    import json
+
     if not isinstance(desc, dict) or not isinstance(desc.get("name"), str):
-        raise ValueError(f"not a scheme description: {desc!r}")
+        raise ValueError("is not an object with a name")
+    name = desc["name"]
+    if name not in SCHEMES:
+        raise ValueError(f"{name!r} is not known (known: {', '.join(sorted(SCHEMES))})")
+    cls = SCHEMES[name]
     opts = {k: v for k, v in desc.items() if k not in ("name", "encrypted")}
-    return get_scheme(desc["name"], **opts)
+    unknown = sorted(set(opts) - set(inspect.signature(cls).parameters))
+    if unknown:
+        raise ValueError(f"{name} has no option {unknown[0]!r}")
+    try:
+        scheme = cls(**opts)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{name}: {e}") from None
+    want = scheme.describe()
+    for k in sorted(set(want) | set(desc)):
+        got = desc.get(k, "<missing>")
+        if json.dumps(got) != json.dumps(want.get(k, "<none>")):
+            raise ValueError(f"{name}: option {k} is {json.dumps(got)}, expected {json.dumps(want.get(k))}")
+    return scheme
 
 
 __all__ = ["PERMUTATIONS", "SCHEMES", "ChaosKey", "ChaosScheme", "EtcKey", "EtcScheme", "IcipScheme", "KeyExtension",

@@ -7,13 +7,20 @@ training reads contiguous runs of samples, never single random images. ``read_h5
 blocks that are whole multiples of the chunk and checks, against the manifest: the datasets'
 presence, dtypes and shapes, the count, labels within the classes, the keys' form, and (``sha256``)
 the file's hash, read before the file is opened. h5py's errors come back naming the file.
+
+A split file is read only if its data lies in the file itself (``check_storage``, before any
+data is read): each of the three datasets a hard link (no soft or external link), not virtual,
+without external storage, contiguous, chunked or compact, without filters (no compression), and
+its declared shape, chunk and storage fit the file's size. So an HDF5 file cannot take its
+images from another file (whose bytes its sha256 would not cover), and a 2 KB file declaring a
+million images is refused before anything is allocated.
 """
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -30,31 +37,26 @@ def hdf5_chunk_images(shape) -> int:
     return max(1, (1 << 20) // int(np.prod(shape)))
 
 
-def _no_claim(*names):
-    return None
-
-
 class HDF5Writer:
-    """Writes ``DIR/<split>.h5`` (temporary ``.part``): images, labels, keys + attributes.
-
-    ``claim(*names)``: called with each file name before it is created (``OutputFolder.claim``)."""
+    """Writes ``<split>.h5`` into ``out`` (an ``OutputFolder`` or a local folder path, as
+    ``WebDatasetWriter``): images, labels, keys + attributes, through a file ppdata created."""
 
     format = "hdf5"
 
-    def __init__(self, directory: str | os.PathLike, split: str, shape, attrs: dict | None = None,
-                 claim: Callable = _no_claim, **_):
+    def __init__(self, out, split: str, shape, attrs: dict | None = None, **_):
         import h5py
 
-        self.dir = Path(directory)
+        from .store import as_folder
+
+        self.folder = as_folder(out)
         self.split = split
         self.shape = tuple(shape)
-        name = h5_name(split)
-        claim(name + ".part", name)
-        self.final = self.dir / name
-        self._part = self.dir / (name + ".part")
+        self.name = name = h5_name(split)
+        self._part = self.folder.writing_path(name)
         self.count = 0
+        self._file = self.folder.create(name, readable=True)
         try:
-            self._h5 = h5py.File(self._part, "w")
+            self._h5 = h5py.File(self._file, "w")
             chunk = hdf5_chunk_images(self.shape)
             self._images = self._h5.create_dataset(
                 "images", shape=(0, *self.shape), maxshape=(None, *self.shape), dtype=np.uint8,
@@ -67,8 +69,9 @@ class HDF5Writer:
                 self._h5.attrs[k] = json.dumps(v) if isinstance(v, (dict, list)) else v
             self._h5.attrs["split"] = split
             self._h5.attrs["ppdata_version"] = __version__
-        except OSError as e:
-            raise io_error(e, self._part) from None
+        except (OSError, ValueError) as e:
+            self.abort()
+            raise io_error(e, self._part) if isinstance(e, OSError) else PpdataError(f"{self._part}: {e}") from None
         self.shards: list[ShardInfo] = []
 
     def write(self, keys: Sequence[str], images: np.ndarray, labels: np.ndarray) -> None:
@@ -87,30 +90,107 @@ class HDF5Writer:
         self.count = b
 
     def close(self) -> list[ShardInfo]:
+        import hashlib
+
         try:
             self._h5.attrs["count"] = self.count
             self._h5.close()
-            with open(self._part, "rb") as f:
-                os.fsync(f.fileno())
-            digest = file_sha256(self._part)
-            size = self._part.stat().st_size
-            os.replace(self._part, self.final)
+            f = self._file
+            f.flush()
+            os.fsync(f.fileno())
+            size = os.fstat(f.fileno()).st_size
+            f.seek(0)
+            h = hashlib.sha256()
+            while chunk := f.read(1 << 22):
+                h.update(chunk)
+            f.close()
         except OSError as e:
             raise io_error(e, self._part) from None
-        self.shards = [ShardInfo(self.final.name, self.count, digest, size)]
+        self.folder.finish(self.name)
+        self.shards = [ShardInfo(self.name, self.count, h.hexdigest(), size)]
         return self.shards
 
     def abort(self) -> None:
-        try:
-            self._h5.close()
-        except Exception:  # noqa: BLE001
-            pass
-        if self._part.exists():
-            self._part.unlink()
+        for close in (getattr(getattr(self, "_h5", None), "close", None), self._file.close):
+            try:
+                if close is not None:
+                    close()
+            except Exception:  # noqa: BLE001
+                pass
+        self.folder.discard(self.name)
 
 
 def _fail(path, text: str) -> PpdataError:
     return PpdataError(f"HDF5 file {path}: {text}")
+
+
+MAX_CHUNK_BYTES = 64 << 20  # one chunk is read whole: bound it
+_DATASETS = ("images", "labels", "keys")
+
+
+def check_storage(f, path, file_size: int) -> None:
+    """Refuse (``PpdataError`` naming the file and the dataset) any storage but data inside the
+    file, within its size (see the module docstring). Reads metadata only."""
+    import h5py
+
+    for name in _DATASETS:
+        link = f.get(name, getlink=True)
+        if link is None:
+            raise _fail(path, f"has no {name!r} dataset")
+        if isinstance(link, h5py.SoftLink):
+            raise _fail(path, f"{name!r} is a soft link (to {link.path!r}); ppdata reads only datasets stored "
+                              f"under their own name")
+        if isinstance(link, h5py.ExternalLink):
+            raise _fail(path, f"{name!r} is an external link (to {link.filename!r}); ppdata reads only data stored "
+                              f"in the file itself")
+        if not isinstance(link, h5py.HardLink):
+            raise _fail(path, f"{name!r} is a {type(link).__name__}; ppdata reads only datasets stored in the file")
+        ds = f[name]
+        if not isinstance(ds, h5py.Dataset):
+            raise _fail(path, f"{name!r} is not a dataset")
+        if ds.is_virtual:
+            raise _fail(path, f"{name!r} is a virtual dataset (its data lies in other datasets or files); ppdata "
+                              f"reads only data stored in the file itself")
+        if ds.external:
+            raise _fail(path, f"{name!r} keeps its data in external files ({ds.external[0][0]!r}); ppdata reads only "
+                              f"data stored in the file itself")
+        dcpl = ds.id.get_create_plist()
+        layout = dcpl.get_layout()
+        if layout not in (h5py.h5d.CONTIGUOUS, h5py.h5d.CHUNKED, h5py.h5d.COMPACT):
+            raise _fail(path, f"{name!r} has a storage layout ppdata does not read ({layout})")
+        if dcpl.get_nfilters():
+            raise _fail(path, f"{name!r} is compressed or filtered; ppdata reads uncompressed split files")
+        itemsize = 16 if ds.dtype.kind == "O" else ds.dtype.itemsize  # variable-length: heap references
+        nbytes = int(np.prod(ds.shape, dtype=object)) * itemsize if ds.shape else itemsize
+        if nbytes > file_size:
+            raise _fail(path, f"{name!r} declares {ds.shape} {ds.dtype} ({nbytes:,} bytes), more than the file's "
+                              f"{file_size:,} bytes can hold")
+        if ds.chunks is not None:
+            chunk = int(np.prod(ds.chunks, dtype=object)) * itemsize
+            if chunk > MAX_CHUNK_BYTES:
+                raise _fail(path, f"{name!r} has chunks of {chunk:,} bytes, more than the {MAX_CHUNK_BYTES:,} "
+                                  f"allowed")
+        if layout == h5py.h5d.CONTIGUOUS:
+            offset = ds.id.get_offset()
+            if offset is not None and offset + ds.id.get_storage_size() > file_size:
+                raise _fail(path, f"{name!r} lies beyond the end of the file (truncated or hostile)")
+
+
+def open_checked(path: Path):
+    """``h5py.File`` of a split file, opened read-only once ``check_storage`` holds."""
+    import h5py
+
+    try:
+        size = os.stat(path).st_size
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise _fail(path, f"cannot be opened ({_h5_text(e)})") from None
+    try:
+        check_storage(f, path, size)
+    except BaseException:
+        f.close()
+        raise
+    return f
 
 
 class H5Split:
@@ -128,12 +208,7 @@ class H5Split:
             raise _fail(path, f"is {actual} bytes, the manifest says {size} (truncated, extended or replaced)")
         if sha256 and file_sha256(path) != sha256:
             raise _fail(path, "sha256 differs from the manifest (file changed or damaged)")
-        import h5py
-
-        try:
-            self.f = h5py.File(path, "r")
-        except OSError as e:
-            raise _fail(path, f"cannot be opened ({_h5_text(e)})") from None
+        self.f = open_checked(path)
         try:
             self._check()
         except BaseException:
@@ -142,13 +217,12 @@ class H5Split:
 
     def _check(self) -> None:
         f, path = self.f, self.path
-        for name in ("images", "labels", "keys"):
-            if name not in f or not hasattr(f[name], "shape"):
-                raise _fail(path, f"has no {name!r} dataset")
         images, labels, keys = f["images"], f["labels"], f["keys"]
         if images.dtype != np.uint8 or tuple(images.shape[1:]) != self.shape:
             raise _fail(path, f"images are {tuple(images.shape[1:])} {images.dtype}, the manifest says "
                               f"{self.shape} uint8")
+        if images.ndim != 4:
+            raise _fail(path, f"images are {images.ndim}-dimensional, not (N, H, W, 3)")
         if labels.dtype.kind not in "iu":
             raise _fail(path, f"labels are {labels.dtype}, not integers")
         n = images.shape[0]

@@ -8,9 +8,7 @@ the field; no consumer works from a manifest that was not checked.
 """
 from __future__ import annotations
 
-import json
 import os
-import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -20,15 +18,12 @@ from .. import __version__
 from ..errors import PpdataError
 from ..fileio import atomic_json
 from ..names import check_class, check_shard_names, check_split
+from ..schema import MAX_MANIFEST_BYTES, check, load_json, short
 
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 2
 FORMATS = ("webdataset", "hdf5")
 MAX_SIDE = 1 << 16
-MAX_MANIFEST_BYTES = 256 << 20
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
-_HEX16 = re.compile(r"^[0-9a-f]{16}$")
-_VARIANT = re.compile(r"^f[01]_sx[+-]\d{1,5}_sy[+-]\d{1,5}$")
 
 
 @dataclass
@@ -73,7 +68,12 @@ def write_manifest(directory: str | os.PathLike, manifest: dict) -> Path:
 
 
 def read_manifest(directory: str | os.PathLike) -> dict:
-    """Read and check ``DIR/manifest.json``; a clear error if the folder is not a complete run."""
+    """Read and check ``DIR/manifest.json``; a clear error if the folder is not a complete run.
+    The manifest is read as untrusted input: a regular file (a link is followed, as for every
+    input, but must stay inside the folder), at most ``MAX_MANIFEST_BYTES``, nested at most
+    ``schema.MAX_DEPTH`` deep, then ``check_manifest``."""
+    from ..fileio import read_regular
+    from ..names import inside
     from .folder import JOURNAL
 
     d = Path(directory)
@@ -82,25 +82,19 @@ def read_manifest(directory: str | os.PathLike) -> dict:
     if not d.is_dir():
         raise PpdataError(f"shard folder {d} does not exist")
     path = d / MANIFEST
-    if not path.is_file():
-        if (d / JOURNAL).exists():
+    if not os.path.lexists(path):
+        if os.path.lexists(d / JOURNAL):
             raise PpdataError(f"{d} holds an interrupted run (no manifest.json); run the command again")
         raise PpdataError(f"{d} has no manifest.json; is it a ppdata shard folder?")
-    try:
-        if path.stat().st_size > MAX_MANIFEST_BYTES:
-            raise PpdataError(f"{path} is larger than {MAX_MANIFEST_BYTES >> 20} MiB; not a ppdata manifest")
-        m = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise PpdataError(f"cannot read {path}: {e}") from None
-    check_manifest(m, path)
+    inside(d, MANIFEST)
+    return parse_manifest(read_regular(path, MAX_MANIFEST_BYTES, "manifest"), path)
+
+
+def parse_manifest(raw: bytes, where) -> dict:
+    """A manifest's bytes (already size-bounded) parsed with a depth limit and checked."""
+    m = load_json(raw, str(where))
+    check_manifest(m, where)
     return m
-
-
-def _int(value, where: str, field: str, lo: int = 0, hi: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < lo or (hi is not None and value > hi):
-        raise PpdataError(f"{where}: {field} is {value!r}, expected an integer >= {lo}"
-                          + (f" and <= {hi}" if hi is not None else ""))
-    return value
 
 
 def augment_entry(m: dict, split: str) -> dict | None:
@@ -123,73 +117,49 @@ def expansions_of(m: dict, split: str = "train") -> list[str]:
 
 
 def check_manifest(m, where) -> None:
-    """Raise ``PpdataError`` unless ``m`` is a well-formed shard-folder manifest (see module doc)."""
+    """Raise ``PpdataError`` unless ``m`` is a well-formed shard-folder manifest: the schema
+    (``schema.MANIFEST``: every field's type and range), then the rules across fields (class and
+    split names, shard names in order, counts that add up, the scheme's options)."""
     where = str(where)
     if not isinstance(m, dict):
         raise PpdataError(f"{where}: not a JSON object")
-    fmt = m.get("format")
-    if fmt not in FORMATS:
-        raise PpdataError(f"{where}: format is {fmt!r}, expected one of {', '.join(FORMATS)}")
-    shape = m.get("shape")
-    if not (isinstance(shape, list) and len(shape) == 3 and shape[2] == 3):
-        raise PpdataError(f"{where}: shape is {shape!r}, expected [H, W, 3]")
-    for v, f in zip(shape[:2], ("height", "width")):
-        _int(v, where, f"shape {f}", 1, MAX_SIDE)
-    classes = m.get("classes", [])
-    if not isinstance(classes, list):
-        raise PpdataError(f"{where}: classes is not a list")
+    if m.get("format") not in FORMATS:
+        raise PpdataError(f"{where}: format is {short(m.get('format'))}, expected one of {', '.join(FORMATS)}")
+    check(m, "manifest", where)
+    fmt = m["format"]
+    classes = m.get("classes") or []
     for c in classes:
         check_class(c, f"{where}: class")
     if len(set(classes)) != len(classes):
         raise PpdataError(f"{where}: classes repeat a name")
-    scheme = m.get("scheme")
-    if scheme is not None and not (isinstance(scheme, dict) and isinstance(scheme.get("name", ""), str)):
-        raise PpdataError(f"{where}: scheme is not an object with a name")
-    keys = m.get("keys")
-    if keys is not None:
-        if not isinstance(keys, dict):
-            raise PpdataError(f"{where}: keys is not an object")
-        if keys.get("key_id") is not None and not (isinstance(keys["key_id"], str) and _HEX16.match(keys["key_id"])):
-            raise PpdataError(f"{where}: keys.key_id is {keys.get('key_id')!r}, expected 16 hex digits")
-    splits = m.get("splits")
-    if not isinstance(splits, dict):
-        raise PpdataError(f"{where}: splits is not an object")
-    for sp, info in splits.items():
+    if m.get("scheme") is not None:
+        check_scheme_entry(m["scheme"], where)
+    for sp, info in m["splits"].items():
         check_split(sp, f"{where}: split")
-        if not isinstance(info, dict):
-            raise PpdataError(f"{where}: split {sp} is not an object")
-        count = _int(info.get("count"), where, f"split {sp} count")
-        shards = info.get("shards")
-        if not isinstance(shards, list) or not shards:
-            raise PpdataError(f"{where}: split {sp} lists no shard files")
-        names = []
-        total = 0
-        for s in shards:
-            if not isinstance(s, dict) or not isinstance(s.get("name"), str):
-                raise PpdataError(f"{where}: split {sp}: a shard entry has no name")
-            names.append(s["name"])
-            total += _int(s.get("count"), where, f"shard {s['name']} count")
-            _int(s.get("bytes", 0), where, f"shard {s['name']} bytes")
-            sha = s.get("sha256")
-            if sha is not None and not (isinstance(sha, str) and _HEX64.match(sha)):
-                raise PpdataError(f"{where}: shard {s['name']} sha256 is {sha!r}, expected 64 hex digits")
+        names = [s["name"] for s in info["shards"]]
         check_shard_names(fmt, sp, names, where)
-        if total != count:
-            raise PpdataError(f"{where}: split {sp} count is {count} but its shards hold {total}")
+        total = sum(s["count"] for s in info["shards"])
+        if total != info["count"]:
+            raise PpdataError(f"{where}: split {sp} count is {info['count']} but its shards hold {total}")
         if info.get("augment") is not None:
-            _check_augment(info["augment"], where)
-            check_split(info["augment"].get("parent", {}).get("split", "train"), f"{where}: augment parent split")
+            _check_augment(info["augment"], f"{where}: splits.{sp}.augment")
     if m.get("augment") is not None:
-        _check_augment(m["augment"], where)
+        _check_augment(m["augment"], f"{where}: augment")
+
+
+def check_scheme_entry(desc, where) -> None:
+    """A manifest's ``scheme`` entry names a known scheme with exactly the options it records
+    (rebuilt through the registry: unknown, missing or ill-typed options are refused)."""
+    from ..cipher import scheme_from_manifest
+
+    try:
+        scheme_from_manifest(desc)
+    except ValueError as e:
+        raise PpdataError(f"{where}: scheme {e}") from None
 
 
 def _check_augment(aug, where) -> None:
-    if aug is not None:
-        if not isinstance(aug, dict) or not isinstance(aug.get("variants"), list):
-            raise PpdataError(f"{where}: augment is not an object with a list of variants")
-        check_split(aug.get("split", "train"), f"{where}: augment split")
-        if not isinstance(aug.get("parent", {}), dict):
-            raise PpdataError(f"{where}: augment parent is not an object")
-        for v in aug["variants"]:
-            if not isinstance(v, str) or not _VARIANT.match(v):
-                raise PpdataError(f"{where}: augment variant {v!r} is not a name like f1_sx+4_sy-4")
+    if aug["factor"] != len(aug["variants"]):
+        raise PpdataError(f"{where}: factor is {aug['factor']} but {len(aug['variants'])} variants are listed")
+    if len(set(aug["variants"])) != len(aug["variants"]):
+        raise PpdataError(f"{where}: variants repeat a name")

@@ -49,9 +49,14 @@ class ShardSet:
         self.shards = self.info["shards"]
         self.verify_hash = verify
         self.paths = [inside(self.directory, s["name"]) for s in self.shards]
-        for p in self.paths:
+        per = int(np.prod(self.shape))  # the pixels of one sample: every format stores at least these
+        for s, p in zip(self.shards, self.paths):
             if not p.is_file():
-                raise PpdataError(f"shard {p} listed in the manifest is missing")
+                raise PpdataError(f"shard {p} listed in the manifest is missing (or not a regular file)")
+            size = p.stat().st_size
+            if int(s["count"]) * per > size:  # bounds every allocation a count leads to by the file's size
+                raise PpdataError(f"shard {p}: the manifest says {s['count']:,} samples of {self.shape[0]}x"
+                                  f"{self.shape[1]}, more than its {size:,} bytes can hold")
         if verify and any(not s.get("sha256") for s in self.shards):
             raise PpdataError(f"{self.directory}: the manifest lists no sha256 for a shard of split {split}; "
                               f"it cannot be verified (read it with verify=False / --no-verify)")

@@ -19,7 +19,7 @@ import io
 import os
 import tarfile
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -121,42 +121,37 @@ def tar_records(keys: Sequence[str], images: np.ndarray, labels: np.ndarray) -> 
 # writer
 
 
-def _no_claim(*names):
-    return None
-
-
 class WebDatasetWriter:
-    """Writes ``DIR/<split>-NNNNNN.tar`` with ``shard_size`` samples each (temporary ``.part``).
-
-    ``claim(*names)``: called with each file name before it is created (``OutputFolder.claim``)."""
+    """Writes ``<split>-NNNNNN.tar`` with ``shard_size`` samples each into ``out``: an
+    ``OutputFolder`` (each file claimed in its journal, written under a temporary name, then
+    renamed or uploaded), or a local folder path (``store.DirectFolder``: new files only, never
+    through a link)."""
 
     format = "webdataset"
 
-    def __init__(self, directory: str | os.PathLike, split: str, shape, shard_size: int = 10000,
-                 claim: Callable = _no_claim, **_):
+    def __init__(self, out, split: str, shape, shard_size: int = 10000, **_):
+        from .store import as_folder
+
         if shard_size < 1:
             raise PpdataError("--shard-size must be at least 1")
-        self.dir = Path(directory)
+        self.folder = as_folder(out)
         self.split = split
         self.shape = tuple(shape)
         self.shard_size = shard_size
-        self.claim = claim
         self.shards: list[ShardInfo] = []
         self._f = None
         self._hash = None
         self._count = 0
         self._bytes = 0
-        self._part: Path | None = None
+        self._part: str | None = None
+        self._name: str | None = None
         shard_name(split, 0)  # validates the split name
 
     def _open(self) -> None:
         name = shard_name(self.split, len(self.shards))
-        self.claim(name + ".part", name)
-        self._part = self.dir / (name + ".part")
-        try:
-            self._f = open(self._part, "wb")
-        except OSError as e:
-            raise io_error(e, self._part) from None
+        self._part = self.folder.writing_path(name)
+        self._f = self.folder.create(name)
+        self._name = name
         self._hash = hashlib.sha256()
         self._count = 0
         self._bytes = 0
@@ -175,12 +170,12 @@ class WebDatasetWriter:
             self._f.flush()
             os.fsync(self._f.fileno())
             self._f.close()
-            final = self.dir / shard_name(self.split, len(self.shards))
-            os.replace(self._part, final)
         except OSError as e:
             raise io_error(e, self._part) from None
-        self.shards.append(ShardInfo(final.name, self._count, self._hash.hexdigest(), self._bytes))
         self._f = None
+        self.folder.finish(self._name)
+        self.shards.append(ShardInfo(self._name, self._count, self._hash.hexdigest(), self._bytes))
+        self._name = None
 
     def write(self, keys: Sequence[str], images: np.ndarray, labels: np.ndarray) -> None:
         """Append a batch: keys (B,) str, images (B,H,W,3) uint8, labels (B,) int."""
@@ -216,10 +211,14 @@ class WebDatasetWriter:
 
     def abort(self) -> None:
         if self._f is not None:
-            self._f.close()
+            try:
+                self._f.close()
+            except OSError:
+                pass
             self._f = None
-        if self._part is not None and self._part.exists():
-            self._part.unlink()
+        if self._name is not None:
+            self.folder.discard(self._name)
+            self._name = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -386,6 +385,7 @@ def _generic_tar(path: Path, shape, n_classes, h, chunk) -> Iterator[Samples]:
     images, labels, keys = [], [], []
     pending: dict[str, dict] = {}
     seen: set[str] = set()
+    most = len(npy_header(shape)) + int(np.prod(shape)) + 4096  # the largest member a sample may have
     try:
         with open(path, "rb") as raw:
             stream = io.BufferedReader(_HashingReader(raw, h), 1 << 20)
@@ -399,6 +399,9 @@ def _generic_tar(path: Path, shape, n_classes, h, chunk) -> Iterator[Samples]:
                 entry = pending.setdefault(key, {})
                 if ext in entry:
                     raise _fail(path, f"member {m.name!r} appears twice")
+                if m.size > most:
+                    raise _fail(path, f"member {m.name!r} declares a size of {m.size:,} bytes, more than a sample of "
+                                      f"{tuple(shape)} takes")
                 entry[ext] = f.read()
                 if "npy" in entry and "cls" in entry:
                     try:
@@ -422,6 +425,8 @@ def _generic_tar(path: Path, shape, n_classes, h, chunk) -> Iterator[Samples]:
                 pass
     except ArchiveEnd as e:
         raise _fail(path, str(e)) from None
+    except tarfile.TarError as e:
+        raise _fail(path, f"is not a readable tar archive ({e})") from None
     except OSError as e:
         raise PpdataError(f"cannot read shard {path}: {e.strerror or e}") from None
     if pending:

@@ -1,23 +1,19 @@
 """Writers by format, and a background thread that feeds one."""
 from __future__ import annotations
 
-from typing import Callable
-
 from ..errors import PpdataError
 from .hdf5 import HDF5Writer
 from .manifest import FORMATS
 from .tar import WebDatasetWriter
 
 
-def make_writer(fmt: str, directory, split: str, shape, shard_size: int = 10000, attrs: dict | None = None,
-                claim: Callable | None = None):
-    """A ``WebDatasetWriter`` or ``HDF5Writer`` for ``split`` in ``directory``; ``claim``: the output
-    folder's ``OutputFolder.claim`` (every file is recorded before it is created)."""
-    kw = {"claim": claim} if claim is not None else {}
+def make_writer(fmt: str, out, split: str, shape, shard_size: int = 10000, attrs: dict | None = None):
+    """A ``WebDatasetWriter`` or ``HDF5Writer`` for ``split`` in ``out``: the run's
+    ``OutputFolder`` (every file claimed in its journal before it is created), or a local path."""
     if fmt == "webdataset":
-        return WebDatasetWriter(directory, split, shape, shard_size, **kw)
+        return WebDatasetWriter(out, split, shape, shard_size)
     if fmt == "hdf5":
-        return HDF5Writer(directory, split, shape, attrs=attrs, **kw)
+        return HDF5Writer(out, split, shape, attrs=attrs)
     raise PpdataError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
 
 

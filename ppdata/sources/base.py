@@ -8,7 +8,9 @@ recorded in ``Source.skipped`` (its index is not reused, so keys never shift), o
 """
 from __future__ import annotations
 
+import logging
 import re
+from collections import Counter
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
@@ -92,6 +94,41 @@ class Item:
     skip: str | None = None
 
 
+SHOW_SKIPS = 5
+
+
+class SkipReport:
+    """Warnings about skipped images, summarised: the first ``SHOW_SKIPS`` are named one per line,
+    the rest counted by reason and said in one line by ``flush()`` (an archive of 200,000 empty
+    members gives a few lines, not 200,000). Names and reasons are printed with control
+    characters escaped."""
+
+    def __init__(self, what: str = "skipping unreadable image"):
+        self.what = what
+        self.shown = 0
+        self.hidden: Counter = Counter()
+
+    def add(self, origin: str, reason: str) -> None:
+        from ..names import printable
+
+        if self.shown < SHOW_SKIPS:
+            self.shown += 1
+            logging.getLogger("ppdata").warning("%s %s: %s", self.what, printable(origin), printable(reason))
+        else:
+            self.hidden[re.sub(r"\d[\d,]*", "N", printable(reason))[:120]] += 1
+
+    def flush(self) -> None:
+        """Say how many more were skipped, and why (the commonest reasons first)."""
+        if self.hidden:
+            total = sum(self.hidden.values())
+            why = "; ".join(f"{n:,}: {r}" for r, n in self.hidden.most_common(3))
+            more = len(self.hidden) - 3
+            logging.getLogger("ppdata").warning("... and %s more skipped images (%s%s)", f"{total:,}", why,
+                                                f"; {more} other reasons" if more > 0 else "")
+        self.shown = 0
+        self.hidden = Counter()
+
+
 class Source:
     """Base class of all sources."""
 
@@ -101,6 +138,7 @@ class Source:
 
     def __init__(self):
         self.skipped: list[Skipped] = []
+        self.skip_report = SkipReport()
 
     def splits(self) -> list[str]:
         raise NotImplementedError

@@ -4,8 +4,12 @@
 manifest records (``Decode.to_json``), so that the plain images can be rebuilt exactly as they
 were encrypted (``Decode.from_manifest``). The steps, in order:
 
-1. **Size limit.** An image whose header announces more than ``max_pixels`` pixels is refused
-   before its pixels are decoded (``ImageTooLarge``, a decompression bomb).
+1. **Size limits.** Only a regular file of at most ``max_bytes`` bytes is read (a FIFO or a
+   device is refused without blocking); an image whose header announces more than
+   ``max_pixels`` pixels, an aspect ratio beyond ``MAX_ASPECT`` : 1, or a size that ``resize``
+   would bring beyond ``max_pixels`` is refused before its pixels are decoded or resized
+   (``ImageTooLarge``: a decompression bomb, or a thin image that the shorter-side resize would
+   make huge). Each is a counted skip naming the image.
 2. **Decode** with Pillow, or (``decoder="torchvision"``) with ``torchvision.io.decode_jpeg``
    (libjpeg-turbo) for one class of images: baseline or progressive JPEGs of one or three
    components, without Exif or XMP metadata (nothing to orient), that end with their end-of-image
@@ -49,6 +53,8 @@ IMAGE_EXTENSIONS = frozenset(
 )
 
 MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb threshold (about 0.25 GiB of RGBA)
+MAX_BYTES = 512 << 20  # the largest image file read (an uncompressed 89-megapixel RGBA TIFF fits)
+MAX_ASPECT = 1000  # an image 1000 times wider than high (or the reverse) is no photograph
 MAX_SIDE = 16384  # the largest --resize side
 
 INTERPOLATIONS = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
@@ -97,6 +103,7 @@ class Decode:
     interpolation: str | None = None
     decoder: str = "pillow"
     max_pixels: int = MAX_PIXELS
+    max_bytes: int = MAX_BYTES
     exif_orientation: str = field(default="applied", init=False)
 
     def __post_init__(self):
@@ -113,8 +120,10 @@ class Decode:
             object.__setattr__(self, "interpolation", "bilinear" if isinstance(self.resize, int) else "lanczos")
         if self.decoder not in DECODERS:
             raise PpdataError(f"decoder {self.decoder!r} is not one of {', '.join(DECODERS)}")
-        if isinstance(self.max_pixels, bool) or not isinstance(self.max_pixels, int) or self.max_pixels < 1:
-            raise PpdataError(f"max_pixels {self.max_pixels!r} is not a positive integer")
+        for name in ("max_pixels", "max_bytes"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise PpdataError(f"{name} {v!r} is not a positive integer")
 
     @property
     def resample(self) -> str:
@@ -144,7 +153,24 @@ class Decode:
                 "crop_rule": "centre (torchvision CenterCrop)" if self.crop else None,
                 "interpolation": self.resample if r is not None else None,
                 "exif_orientation": self.exif_orientation, "decoder": self.decoder,
-                "max_pixels": self.max_pixels, "pillow": Image.__version__}
+                "max_pixels": self.max_pixels, "max_bytes": self.max_bytes, "pillow": Image.__version__}
+
+    def check_size(self, w: int, h: int) -> None:
+        """``ImageTooLarge`` unless a ``w`` x ``h`` image may be decoded and resized under these
+        settings (step 1 of the module docstring), before any pixel is."""
+        if w < 1 or h < 1:
+            raise ImageTooLarge(f"image is {w}x{h}")
+        if w * h > self.max_pixels:
+            raise ImageTooLarge(f"image is {w}x{h} = {w * h:,} pixels, over the limit of {self.max_pixels:,} "
+                                f"(decompression bomb?)")
+        if max(w, h) > MAX_ASPECT * min(w, h):
+            raise ImageTooLarge(f"image is {w}x{h}, an aspect ratio beyond {MAX_ASPECT}:1")
+        r = self.resize
+        th, tw = (h, w) if r is None else r if isinstance(r, tuple) else shorter_side_size(h, w, r)
+        for step, (a, b) in (("--resize", (th, tw)), ("--crop", self.crop or (0, 0))):
+            if a * b > self.max_pixels:
+                raise ImageTooLarge(f"image is {w}x{h}; {step} would make it {b}x{a} = {a * b:,} pixels, over the "
+                                    f"limit of {self.max_pixels:,}")
 
     @classmethod
     def from_json(cls, d: dict) -> "Decode":
@@ -158,9 +184,13 @@ class Decode:
         if isinstance(r, list) and rule not in (None, "squash"):
             raise PpdataError(f"decode settings: resize {r!r} with rule {rule!r}")
         decoder = d.get("decoder", "pillow")
-        return cls(resize=tuple(r) if isinstance(r, list) else r, crop=tuple(d["crop"]) if d.get("crop") else None,
-                   interpolation=d.get("interpolation"), decoder=decoder if decoder in DECODERS else "pillow",
-                   max_pixels=d.get("max_pixels", MAX_PIXELS))
+        try:
+            return cls(resize=tuple(r) if isinstance(r, list) else r,
+                       crop=tuple(d["crop"]) if d.get("crop") else None,
+                       interpolation=d.get("interpolation"), decoder=decoder if decoder in DECODERS else "pillow",
+                       max_pixels=d.get("max_pixels") or MAX_PIXELS, max_bytes=d.get("max_bytes") or MAX_BYTES)
+        except TypeError as e:
+            raise PpdataError(f"decode settings are not valid ({e})") from None
 
     @classmethod
     def from_manifest(cls, m: dict) -> "Decode":
@@ -210,6 +240,7 @@ def _resize(img: Image.Image, d: Decode) -> Image.Image:
     if r is None:
         return img
     w, h = img.size
+    d.check_size(w, h)  # never resize into more than the pixel limit
     target = r if isinstance(r, tuple) else shorter_side_size(h, w, r)
     if (h, w) == target:
         return img
@@ -239,7 +270,7 @@ def _formats(src) -> list[str] | None:
     return None
 
 
-def _open_checked(src, max_pixels: int) -> Image.Image:
+def _open_checked(src, d: Decode) -> Image.Image:
     try:
         formats = _formats(src)
         try:
@@ -250,12 +281,13 @@ def _open_checked(src, max_pixels: int) -> Image.Image:
             src.seek(0)
             img = Image.open(src)  # not what its first bytes say: let every plugin try
     except Image.DecompressionBombError as e:
-        raise ImageTooLarge(f"{e}; the limit is {max_pixels:,} pixels") from None
+        raise ImageTooLarge(f"{e}; the limit is {d.max_pixels:,} pixels") from None
     w, h = img.size
-    if w * h > max_pixels:
+    try:
+        d.check_size(w, h)
+    except ImageTooLarge:
         img.close()
-        raise ImageTooLarge(f"image is {w}x{h} = {w * h:,} pixels, over the limit of {max_pixels:,} "
-                            f"(decompression bomb?)")
+        raise
     return img
 
 
@@ -263,11 +295,18 @@ _NO_ORIENTATION = frozenset({"exif", "xmp", "XML:com.adobe.xmp"})
 
 
 def pillow_decode(data: bytes | os.PathLike | str, d: Decode) -> np.ndarray:
-    """One image with Pillow, every step of the module docstring."""
-    src = io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
+    """One image with Pillow, every step of the module docstring (``data``: the file's bytes, or
+    a path, read only if it is a regular file of at most ``max_bytes``)."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        from ..fileio import read_regular
+
+        data = read_regular(data, d.max_bytes, "image")
+    if len(data) > d.max_bytes:
+        raise ImageTooLarge(f"file is {len(data):,} bytes, over the limit of {d.max_bytes:,}")
+    src = io.BytesIO(data)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        img = _open_checked(src, d.max_pixels)
+        img = _open_checked(src, d)
         with img:
             img.load()
             if img.format != "JPEG" or not _NO_ORIENTATION.isdisjoint(img.info):
@@ -362,9 +401,17 @@ class TorchvisionJpeg:
         self._rgb = ImageReadMode.RGB
 
     @staticmethod
-    def accepts(data: bytes, max_pixels: int) -> bool:
+    def accepts(data: bytes, d: Decode) -> bool:
+        """A JPEG torchvision decodes here, within ``d``'s size limits (the rest goes to Pillow,
+        which refuses what is over them)."""
         head = jpeg_header(data)
-        return head is not None and head[2] in (1, 3) and head[0] * head[1] <= max_pixels
+        if head is None or head[2] not in (1, 3):
+            return False
+        try:
+            d.check_size(head[1], head[0])
+        except ImageTooLarge:
+            return False
+        return True
 
     def decode_many(self, blobs: list[bytes]) -> list[np.ndarray | None]:
         """Decoded (H, W, 3) arrays, None where torchvision fails (the caller uses Pillow)."""

@@ -31,8 +31,8 @@ from typing import Iterator, Sequence
 
 from ..archive import Unsupported, checked_members, compression, index_tar, is_tar_name, iter_tar, member_kind
 from ..errors import PpdataError
-from ..names import check_class, check_path_text
-from ..remote import basename, is_url, list_files, open_url, size_of
+from ..names import check_class, check_path_text, printable
+from ..remote import basename, check_ranges, is_url, list_files, open_url, size_of
 from .base import SPLIT_NAMES, Batch, Item, Ref, Skipped, Source
 from .decode import IMAGE_EXTENSIONS, MAX_PIXELS, Decode
 
@@ -68,6 +68,37 @@ def _layout(paths: list[str], origin: str) -> tuple[list[_Entry], bool]:
         raise PpdataError(f"{origin}: expected an ImageFolder layout <class>/.../<image> or "
                           f"<split>/<class>/.../<image>; found {bad!r} outside any class folder")
     return [_Entry("", p[0], path) for p, path in zip(parts, paths)], False
+
+
+def walk_images(root: str | os.PathLike) -> list[str]:
+    """The image files of an ImageFolder directory as torchvision's ``ImageFolder`` finds them:
+    links to folders (class folders and subfolders) are followed, folders and files sorted,
+    hidden folders left out; a link back to a folder being walked (a loop) is not followed, and
+    said. Paths are relative to ``root``; what is not a regular file is listed and later counted
+    as a skip when it is read (never read from: a FIFO or device does not block the run)."""
+    out: list[str] = []
+    top = os.stat(root)
+    ancestors = {os.fspath(root): frozenset({(top.st_dev, top.st_ino)})}
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        above = ancestors.pop(dirpath, frozenset())
+        keep = []
+        for d in sorted(x for x in dirnames if not x.startswith(".")):
+            path = os.path.join(dirpath, d)
+            try:
+                st = os.stat(path)
+            except OSError:
+                log.warning("folder %s cannot be read (a dangling link?); not followed", printable(path))
+                continue
+            key = (st.st_dev, st.st_ino)
+            if key in above:
+                log.warning("folder %s links back to a folder that contains it (a loop); not followed", printable(path))
+                continue
+            ancestors[path] = above | {key}
+            keep.append(d)
+        dirnames[:] = keep
+        rel = Path(dirpath).relative_to(root)
+        out.extend((rel / f).as_posix() for f in sorted(filenames) if _is_image(f))
+    return out
 
 
 def _is_image(name: str) -> bool:
@@ -160,18 +191,16 @@ class FolderSource(Source):
             if self.url:
                 return [(rel, None, None) for rel, _ in list_files(self.location) if _is_image(rel)
                         and not any(part.startswith(".") for part in PurePosixPath(rel).parts[:-1])]
-            out = []
-            for dirpath, dirnames, filenames in os.walk(self.location):
-                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-                rel = Path(dirpath).relative_to(self.location)
-                out.extend(((rel / f).as_posix(), None, None) for f in sorted(filenames) if _is_image(f))
-            return out
-        with self._open() as f:
-            self.compressed = compression(f.read(6))
-            f.seek(0)
-            if self.compressed is None:
-                size = size_of(self.location) if self.url else os.fstat(f.fileno()).st_size
-                members = [(m.name, m.kind, m) for m in index_tar(f, self.location, size)]
+            return [(rel, None, None) for rel in walk_images(self.location)]
+        with self._open(stream=True) as f:
+            self.compressed = compression(f.peek(6)[:6])
+            if self.compressed is None and self.url:  # an uncompressed tar is listed by seeking: ranges
+                size = size_of(self.location)
+                check_ranges(self.location, size)  # its members are read by offset, by any process
+                with self._open() as g:
+                    members = [(m.name, m.kind, m) for m in index_tar(g, self.location, size)]
+            elif self.compressed is None:
+                members = [(m.name, m.kind, m) for m in index_tar(f, self.location, os.fstat(f.fileno()).st_size)]
             else:
                 spool = _Spool(SPOOL_BYTES)
                 try:
@@ -200,12 +229,14 @@ class FolderSource(Source):
         return out
 
     def _list_tarfile(self) -> list:
-        with self._open() as f, _decompressed(f, self.compressed) as stream:
+        with self._open(stream=True) as f, _decompressed(f, self.compressed) as stream:
             return [(m.name, member_kind(m), None) for m, _ in checked_members(stream, self.location)]
 
-    def _open(self):
+    def _open(self, stream: bool = False):
+        """The archive: a stream read once from its start (``stream``; any HTTP server), or a
+        seekable file (an uncompressed tar at a URL needs a server that answers range requests)."""
         if self.url:
-            return open_url(self.location)
+            return open_url(self.location, stream=stream)
         try:
             return open(self.location, "rb")
         except OSError as e:
@@ -271,7 +302,7 @@ class FolderSource(Source):
         seen: dict[str, int] = {}
         done = 0
         label = self._label
-        with self._open() as f:
+        with self._open(stream=True) as f:
             if self._tarfile_only:
                 with _decompressed(f, self.compressed) as stream:
                     members = ((m.name, m.isfile(), fo) for m, fo in checked_members(stream, self.location))
@@ -325,8 +356,8 @@ class FolderSource(Source):
 
     def record_skip(self, split: str, index: int, path: str, origin: str, reason: str) -> None:
         if self.strict:
-            raise PpdataError(f"cannot read image {origin}: {reason}")
-        log.warning("skipping unreadable image %s: %s", origin, reason)
+            raise PpdataError(f"cannot read image {printable(origin)}: {printable(reason)}")
+        self.skip_report.add(origin, reason)
         self.skipped.append(Skipped(split, index, path, reason))
 
 
@@ -438,6 +469,7 @@ class MultiFolderSource(Source):
         self._owner: dict[str, FolderSource] = {}
         for p in self.parts:
             p.skipped = self.skipped  # one list, in processing order
+            p.skip_report = self.skip_report
             for sp in p.splits():
                 if sp in self._owner:
                     raise PpdataError(f"split {sp!r} is in both {self._owner[sp].location} and {p.location}; "
