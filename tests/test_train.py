@@ -184,7 +184,7 @@ def test_augment_is_seeded_and_varies():
 def test_channel_stats_and_preprocess(sample_images):
     x = torch.from_numpy(sample_images)
     for inp, cs in (("raw", False), ("fold", True)):
-        mean, std = channel_stats(x, inp, cs, chunk=7)
+        mean, std = channel_stats(x, inp, cs, values=7 * 32 * 32 * 3)  # chunks of 7 images
         ref = np_fold(sample_images, cs) if inp == "fold" else sample_images
         assert np.allclose(mean, ref.reshape(-1, 3).mean(0), atol=1e-6)
         assert np.allclose(std, ref.reshape(-1, 3).std(0), atol=1e-6)
@@ -431,3 +431,19 @@ def test_training_reads_check_every_shard_in_both_data_modes(tmp_path):
     with pytest.raises(Exception, match="train-000002.tar"):
         for _ in loader.epoch(0):
             pass
+
+
+def test_a_cpu_run_says_how_long_it_will_take(tmp_path, folders, monkeypatch):
+    """After its first steps on the CPU the paper recipe estimates the run and, when that is long,
+    points at the CPU recipe (and at --device cuda when torch was built for a GPU it cannot see)."""
+    from train import paper, runtime
+
+    said = []
+    monkeypatch.setattr(paper, "ESTIMATE_AFTER", 2)
+    monkeypatch.setattr(paper, "say_fn", lambda quiet, proc: said.append)
+    run(tiny(epochs=2, batch_size=4), folders["npcs"], tmp_path / "r", device="cpu")
+    est = [m for m in said if m.startswith("on this CPU")]
+    assert len(est) == 1 and "per epoch" in est[0] and "for the 2 epochs of profile custom" in est[0]
+    cfg = tiny(profile="paper")
+    assert "--profile cpu" in runtime.cpu_estimate(cfg, 0.5, 390, 200)  # 200 epochs of 390 steps: 11 h
+    assert "--profile cpu" not in runtime.cpu_estimate(cfg, 0.01, 10, 2)

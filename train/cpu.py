@@ -64,7 +64,7 @@ from . import data as D
 from .augment import translate
 from .classifier import make_model
 from .config import Config, resolve, train_split_of
-from .evaluation import eval_sets, logits_tta, scheme_text
+from .evaluation import eval_batch_size, eval_sets, logits_tta, scheme_text
 from .models import count_parameters
 from .preprocess import norm_stats
 from .rundir import (CHECKPOINT, LOG, METRICS, atomic_json, atomic_save, check_resume, eval_summary, log_fields,
@@ -162,7 +162,7 @@ def augment(x: torch.Tensor, flip: torch.Tensor | None, shift: int, fill: str, g
 def evaluate(model: torch.nn.Module, split: D.Split, batch: int, amp: bool, tta: int) -> float:
     model.eval()
     correct = 0
-    for x, y in D.eval_batches(split, batch):
+    for x, y in D.eval_batches(split, eval_batch_size(batch, split.images.shape[1:3])):
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
             logits = logits_tta(model, x.permute(0, 3, 1, 2), tta)
         correct += int((logits.argmax(1) == y).sum())

@@ -70,6 +70,15 @@ def logits_tta(model: nn.Module, x: torch.Tensor, level: int = 0) -> torch.Tenso
     return out
 
 
+EVAL_PIXELS = 1 << 22  # pixels per evaluation batch at most: 1024 images of 64x64, 256 of 128x128
+
+
+def eval_batch_size(requested: int, shape) -> int:
+    """``requested`` (``--eval-batch-size``), lowered for large images so that an evaluation
+    batch's activations stay bounded (a 1,024-image batch of 128x128 images is 16x CIFAR's)."""
+    return max(1, min(requested, EVAL_PIXELS // max(1, int(shape[0]) * int(shape[1]))))
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, es: EvalSet, cfg: Config, proc: Proc, amp: bool, tta: int = 0) -> float:
     """Top-1 accuracy of ``model`` on ``es`` (each process a slice, counts summed), with
@@ -77,7 +86,8 @@ def evaluate(model: nn.Module, es: EvalSet, cfg: Config, proc: Proc, amp: bool, 
     model.eval()
     correct = torch.zeros((), dtype=torch.int64, device=proc.device)
     count = torch.zeros((), dtype=torch.int64, device=proc.device)
-    for x, y in D.eval_batches(es.split, cfg.eval_batch_size, proc.rank, proc.world):
+    bs = eval_batch_size(cfg.eval_batch_size, es.split.images.shape[1:3])
+    for x, y in D.eval_batches(es.split, bs, proc.rank, proc.world):
         with torch.autocast(proc.device.type, dtype=torch.bfloat16, enabled=amp):
             logits = logits_tta(model, x.permute(0, 3, 1, 2), int(tta))
         correct += (logits.argmax(1) == y).sum()

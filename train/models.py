@@ -277,10 +277,16 @@ class AirNet(nn.Module):
         eigenvectors of the covariance of their 2x2 patches, scaled by 1/sqrt(eigenvalue + eps),
         and their negatives."""
         k = self.WHITEN_KERNEL
-        c = images.shape[1]
-        patches = images.float().unfold(2, k, 1).unfold(3, k, 1).transpose(1, 3).reshape(-1, c, k, k)
-        flat = patches.reshape(len(patches), -1)
-        cov = (flat.T @ flat).double() / len(flat)
+        c, h, w = images.shape[1:]
+        cov = torch.zeros(c * k * k, c * k * k, dtype=torch.float64, device=images.device)
+        n = 0
+        step = max(1, (1 << 22) // ((h - k + 1) * (w - k + 1)))  # ~4M patches at a time, whatever the size
+        for a in range(0, len(images), step):
+            x = images[a:a + step].float()
+            flat = x.unfold(2, k, 1).unfold(3, k, 1).transpose(1, 3).reshape(-1, c * k * k)
+            cov += (flat.T @ flat).double()
+            n += len(flat)
+        cov /= max(1, n)
         evals, evecs = torch.linalg.eigh(cov)
         filters = (evecs.T.reshape(-1, c, k, k) / torch.sqrt(evals.view(-1, 1, 1, 1) + eps)).float()
         self.whiten.weight.copy_(torch.cat((filters, -filters)))

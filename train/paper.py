@@ -36,8 +36,10 @@ from .models import count_parameters
 from .preprocess import norm_stats
 from .rundir import (CHECKPOINT, LOG, METRICS, atomic_json, atomic_save, check_resume, eval_summary, log_fields,
                      prepare_out, write_log)
-from .runtime import (Clock, Kernels, all_sum, choose_data_mode, describe_device, prewarm, ranks_in_sync, say_fn,
-                      setup_process, sync_batchnorm_stats, synthetic_batch)
+from .runtime import (Clock, Kernels, all_sum, choose_data_mode, cpu_estimate, describe_device, prewarm,
+                      ranks_in_sync, say_fn, setup_process, sync_batchnorm_stats, synthetic_batch)
+
+ESTIMATE_AFTER = 5  # training steps timed before a CPU run says how long it will take
 
 
 def run(cfg: Config, shards_dir: str | os.PathLike, out: str | os.PathLike, eval_dirs: list[str] = (),
@@ -188,6 +190,9 @@ def run(cfg: Config, shards_dir: str | os.PathLike, out: str | os.PathLike, eval
                 loss_sum += loss.float() * len(y)
                 correct += (logits.argmax(1) == y).sum()
                 bar.update(1)
+                if epoch == start_epoch and i + 1 == ESTIMATE_AFTER and proc.device.type == "cpu":
+                    say(cpu_estimate(cfg, clock.elapsed() / ESTIMATE_AFTER, steps,
+                                     cfg.epochs - start_epoch))
             bar.close()
             sums = all_sum(proc, torch.stack([loss_sum.double(), correct.double()]))
             train_s = clock.stop()

@@ -64,14 +64,16 @@ class Preprocess(nn.Module):
 
 @torch.no_grad()
 def channel_stats(images: torch.Tensor, input: str = "raw", sort: bool = False,
-                  chunk: int = 8192) -> tuple[list[float], list[float]]:
+                  values: int = 1 << 24) -> tuple[list[float], list[float]]:
     """Per-channel mean and std of NHWC uint8 ``images`` after the input transform.
 
-    Float64 sums over chunks, on the images' device."""
+    Float64 sums over chunks of about ``values`` values (128 MiB as float64), on the images'
+    device: memory stays bounded whatever the image size."""
     pre = Preprocess([0, 0, 0], [1, 1, 1], input, sort).to(images.device)
     s = torch.zeros(3, dtype=torch.float64, device=images.device)
     s2 = torch.zeros(3, dtype=torch.float64, device=images.device)
     n = 0
+    chunk = max(1, values // max(1, images[0].numel())) if len(images) else 1
     for a in range(0, len(images), chunk):
         x = pre.transform(images[a : a + chunk].permute(0, 3, 1, 2)).double()
         s += x.sum(dim=(0, 2, 3))

@@ -170,6 +170,16 @@ class Clock:
             return self._a.elapsed_time(b) / 1000
         return time.perf_counter() - self._t
 
+    def elapsed(self) -> float:
+        """Seconds since ``start()`` so far (on a GPU this waits for the device)."""
+        if self.cuda:
+            torch.cuda.synchronize()
+            b = torch.cuda.Event(enable_timing=True)
+            b.record()
+            b.synchronize()
+            return self._a.elapsed_time(b) / 1000
+        return time.perf_counter() - self._t
+
 
 def prewarm(steps: int, model: nn.Module, opt: torch.optim.Optimizer, step: Callable[[], None],
             evaluate: Callable[[], None] | None = None) -> float:
@@ -199,6 +209,29 @@ def synthetic_batch(shape, batch_size: int, classes: int, device: torch.device, 
     x = torch.randint(0, 256, (batch_size, *shape), dtype=torch.uint8, device=device, generator=g)
     y = torch.randint(0, max(1, classes), (batch_size,), device=device, generator=g)
     return x, y
+
+
+def cpu_estimate(cfg: Config, step_seconds: float, steps: int, epochs: int) -> str:
+    """What a run on the CPU will cost, from its first steps, and where faster training is:
+    the CPU recipe, or a GPU that torch does not see."""
+    total = step_seconds * steps * epochs
+    text = (f"on this CPU: about {_duration(step_seconds * steps)} per epoch, {_duration(total)} for the "
+            f"{epochs} epoch{'s' if epochs != 1 else ''} of profile {cfg.profile}")
+    if total > 3600:
+        text += ("; for a CPU, --profile cpu trains airbench's network in minutes (docs/train.md: the CPU "
+                 "recipe)")
+    if torch.version.cuda and not torch.cuda.is_available():
+        text += (f"; torch (CUDA {torch.version.cuda}) sees no GPU here: if you expected one, check the driver "
+                 "and CUDA_VISIBLE_DEVICES, then pass --device cuda")
+    return text
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def describe_device(proc: Proc) -> str:
