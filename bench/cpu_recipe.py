@@ -1,7 +1,7 @@
 """The CPU recipe (train/cpu.py) against the obvious baseline and the machine's limit.
 
     python bench/cpu_recipe.py speed [--steps N]
-    python bench/cpu_recipe.py curve --plain DIR --npcs DIR [--epochs 2,4,6,10] [--work bench/data/cpu-curve]
+    python bench/cpu_recipe.py curve --plain DIR --npcs DIR [--epochs 2,4,6] [--run COND-eE=RUNDIR ...]
 
 ``speed``: training throughput (forward + backward + SGD step, batch 256, all cores as threads
 of one process), side by side in one run, interleaved rounds, median per row:
@@ -16,7 +16,8 @@ of one process), side by side in one run, interleaved rounds, median per row:
 
 ``curve``: accuracy against CPU-minutes for plain and NP+CS (fold input): the recipe run alone at
 each epoch budget on the given shard folders (whole CIFAR-10), each run's folder kept under
-``--work`` (a finished budget is reused), then ``bench/results/cpu-recipe-curve.{md,json,png}``.
+``--work`` (a finished budget is reused; ``--run`` adds finished runs of the recipe, e.g. the
+cifar10-cpu table's), then ``bench/results/cpu-recipe-curve.{md,json,png}``.
 
 Both write their report with the machine and its load (``bench/results/``).
 """
@@ -119,17 +120,26 @@ def speed(steps: int, rounds: int) -> None:
     path.with_suffix(".json").write_text(json.dumps(out, indent=2) + "\n")
 
 
+def _shown(p: Path) -> str:
+    """A path as reports show it: relative to the repository when inside it, else its last two parts."""
+    try:
+        return str(p.resolve().relative_to(REPO))
+    except ValueError:
+        return str(Path(*p.resolve().parts[-2:]))
+
+
 def _timed(fn) -> float:
     t = time.perf_counter()
     fn()
     return time.perf_counter() - t
 
 
-def curve(plain: str, npcs: str, epochs: list[int], work: Path) -> None:
+def curve(plain: str, npcs: str, epochs: list[int], work: Path, extra: list[str]) -> None:
     runs = []
+    known = dict(x.split("=", 1) for x in extra)  # COND-eE=RUNDIR: a finished run of the same recipe elsewhere
     for cond, shards in (("plain", plain), ("npcs-independent-fold", npcs)):
-        for e in epochs:
-            out = work / f"{cond}-e{e}"
+        for e in sorted(set(epochs) | {int(k.rsplit("-e", 1)[1]) for k in known if k.startswith(cond + "-e")}):
+            out = Path(known.get(f"{cond}-e{e}", work / f"{cond}-e{e}"))
             m = out / "metrics.json"
             if not (m.is_file() and json.loads(m.read_text()).get("complete")):
                 cmd = [sys.executable, "-m", "train.resnet", shards, "--profile", "cpu", "--epochs", str(e),
@@ -140,7 +150,7 @@ def curve(plain: str, npcs: str, epochs: list[int], work: Path) -> None:
             runs.append({"condition": cond, "epochs": e, "enc_q": 100 * r["eval"]["test"]["final_acc"],
                          "minutes": r["seconds"] / 60, "train_minutes": r["train_seconds"] / 60,
                          "process_cpu_minutes": r.get("cpu_seconds", 0) / 60, "load_average": r.get("load_average"),
-                         "device": r["device"], "run": str(out)})
+                         "device": r["device"], "run": _shown(out)})
     lines = ["# The CPU recipe: accuracy against minutes on this CPU (bench/cpu_recipe.py curve)", "",
              f"- machine: {machine()}", f"- data: plain {plain}, NP+CS independent keys {npcs} (whole CIFAR-10 copy, "
              "JPEG q75; test on the 10,000 test images, Enc(Q) = Q for the fold)",
@@ -188,11 +198,13 @@ def main() -> None:
     c.add_argument("--npcs", required=True)
     c.add_argument("--epochs", default="2,4,6,10")
     c.add_argument("--work", type=Path, default=REPO / "bench" / "data" / "cpu-curve")
+    c.add_argument("--run", action="append", default=[], metavar="COND-eE=RUNDIR",
+                   help="a finished run to use for a point (COND: plain or npcs-independent-fold)")
     a = ap.parse_args()
     if a.what == "speed":
         speed(a.steps, a.rounds)
     else:
-        curve(a.plain, a.npcs, [int(v) for v in a.epochs.split(",")], a.work)
+        curve(a.plain, a.npcs, [int(v) for v in a.epochs.split(",")], a.work, a.run)
 
 
 if __name__ == "__main__":
