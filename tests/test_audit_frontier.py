@@ -75,3 +75,33 @@ def test_frontier_dry_run_lists_every_scheme_and_key_mode(tmp_path):
         assert shlex.split(enc)[:3] == ["ppdata", "-q", "encrypt"]
         assert "--learned" in shlex.split(aud) and "train.tar.gz" in aud
     assert sum("--keys same" in x for x in lines) == len(frontier.CONDITIONS)
+
+
+def test_frontier_from_the_cpu_table_with_plain_at_ssim_1(tmp_path):
+    """y from the cifar10-cpu summary (full budget preferred, small budget marked), plain training a
+    point at SSIM 1; --audits-from reuses an earlier frontier's x values unchanged."""
+    import json
+
+    summ = tmp_path / "summary.json"
+    conds = {"plain": (90.35, "full"), "npcs-independent": (86.29, "full"), "npcs-independent-small": (80.0, "small"),
+             "le-same-adapt": (55.0, "small")}
+    summ.write_text(json.dumps({"conditions": {k: {"enc_q": a, "plain_q": a, "cpu_minutes": 9.0, "budget": b,
+                                                   "epochs": 10, "train_images": 50000, "widths": [64, 256, 256]}
+                                               for k, (a, b) in conds.items()}}))
+    acc = frontier.read_accuracy([summ])
+    assert acc[("pixel", True, "independent")]["acc"] == 86.29  # full budget wins over the small one
+    assert acc[("le", None, "same")]["budget"] == "small" and acc[("plain", None, None)]["acc"] == 90.35
+    audits = {("pixel NP+CS", "independent"): _record({"encrypted": (0.04, "nothing"),
+                                                       "fold (oracle)": (0.56, "nothing"),
+                                                       "fold (chosen)": (0.45, "nothing")})}
+    first = tmp_path / "first"
+    frontier.write(frontier.rows(audits, acc), first, "cmd", "photos", frontier.attack_rows(audits))
+    paths = frontier.main("unused", str(tmp_path / "w"), str(tmp_path / "again"), [summ], [], False, "cmd",
+                          lambda m: None, str(first / "frontier.csv"))
+    rows = list(csv.DictReader(open(paths[0])))
+    assert rows[0]["scheme"].startswith("plain") and float(rows[0]["ssim"]) == 1.0
+    assert float(rows[0]["acc_enc_q"]) == 90.35
+    npcs = next(r for r in rows if r["scheme"] == "pixel NP+CS")
+    assert float(npcs["ssim"]) == 0.45 and float(npcs["acc_enc_q"]) == 86.29  # same x, new y
+    text = (tmp_path / "again" / "frontier.md").read_text()
+    assert "| plain (no encryption) | - |" in text and "npcs-independent |" in text

@@ -71,11 +71,14 @@ Examples:
                    "copy, instead of the paper's set (the original and shifts by 4 right, down, diagonally).")
 @click.option("--report-only", is_flag=True, help="Write the reports from the finished runs; train nothing.")
 @click.option("--accuracy", multiple=True, type=click.Path(dir_okay=False),
-              help="frontier: fig8b CSV files with Enc(Q) accuracies (default: the CPU-scale runs in docs/results).")
+              help="frontier: cifar10-cpu summary.json or fig8b CSV files with Enc(Q) accuracies (default: "
+                   "docs/results/cifar10-cpu/summary.json).")
+@click.option("--audits-from", type=click.Path(dir_okay=False),
+              help="frontier: take the attacks' SSIM from an earlier frontier.csv instead of running the audits.")
 @click.option("--audit-args", default="", metavar="'OPTIONS'",
               help="frontier: extra options for every ppdata audit, e.g. '--learned --budget 15'.")
 def main(name, profile, dry_run, data, root, subset, work, results, only, device, train_args, fmt, diagonal,
-         report_only, accuracy, audit_args):
+         report_only, accuracy, audits_from, audit_args):
     from . import report
 
     if name == "frontier":
@@ -84,7 +87,7 @@ def main(name, profile, dry_run, data, root, subset, work, results, only, device
         command = "python -m train.experiments " + shlex.join(sys.argv[1:])
         try:
             paths = frontier.main(data or default_data("scenes96"), work, results, accuracy, shlex.split(audit_args),
-                                  dry_run, command, lambda m: click.echo(m, err=not dry_run))
+                                  dry_run, command, lambda m: click.echo(m, err=not dry_run), audits_from)
         except PpdataError as e:
             raise click.ClickException(str(e)) from None
         if paths:

@@ -7,9 +7,14 @@ For every scheme (``pixel`` NP and NP+CS, ``icip`` NP+CS, ``etc``, ``le``, ``cha
   ``ppdata audit`` on the 96x96 photos' test split (scenes96; the attacker's own images from its
   train split), run here: ``ppdata encrypt folder TEST --split test ...`` then ``ppdata audit``,
   cached under ``--work`` (a finished report is reused);
-- y: top-1 accuracy on Enc(Q) of the same scheme and key mode from the harness's finished runs
-  (``fig8b`` CSV files, ``--accuracy``; CIFAR-10, at the scale those runs were made, which the
-  table and the plot name); blank where no run exists.
+- y: top-1 accuracy on Enc(Q) of the same scheme and key mode from the harness's finished runs:
+  the whole-CIFAR-10 CPU table (``docs/results/cifar10-cpu/summary.json``, the default; its
+  full-budget rows where they exist, else its small-budget rows, marked) or ``fig8b`` CSV files
+  (``--accuracy``); blank where no run exists. Plain training is a point at SSIM 1 (nothing
+  hidden).
+
+``--audits-from CSV`` takes x from an earlier ``frontier.csv`` (and ``frontier-attacks.csv``
+beside it) instead of running the audits again: the same audits, a new y.
 
 Writes ``RESULTS/frontier.csv``, ``frontier.md`` (with a table of every attack of every audit),
 ``frontier.png`` and ``frontier-attacks.csv``.
@@ -48,8 +53,15 @@ CONDITIONS = (
     Condition("le 4x4", "le", (), None),
     Condition("chaos", "chaos", (), None),
 )
-DEFAULT_ACCURACY = ("docs/results/fig8b-cpu-small/fig8b.csv",  # the paper's x8 set (default expansion)
-                    "docs/results/fig8b-cpu-small-other/fig8b.csv")
+DEFAULT_ACCURACY = ("docs/results/cifar10-cpu/summary.json",)
+# cifar10-cpu condition for each (scheme, cs, keys) of the frontier, in order of preference: the
+# full budget first (the recipe as it is, fold input for NP/NP+CS), then the small budget
+CPU_TABLE = {("pixel", False, "independent"): ("np-independent",),
+             ("pixel", True, "independent"): ("npcs-independent", "npcs-independent-small"),
+             ("pixel", True, "same"): ("npcs-same",),
+             ("icip", True, "same"): ("icip-npcs-same-adapt", "icip-npcs-same"),
+             **{(s, None, k): (f"{s}-{k}-adapt" if s == "le" else f"{s}-{k}",) for s in ("etc", "le", "chaos")
+                for k in KEY_MODES}}
 
 
 def audit_commands(cond: Condition, mode: str, data: Path, work: Path, audit_args: list[str]) -> list[list[str]]:
@@ -85,25 +97,85 @@ def run_audits(data: Path, work: Path, audit_args: list[str], dry_run: bool, log
 
 
 def read_accuracy(paths) -> dict[tuple[str, bool | None, str], dict]:
-    """Enc(Q) accuracy of finished harness runs: (scheme, cs, keys) -> row (the first file that has
-    the condition wins; within a file the last row)."""
+    """Enc(Q) accuracy of finished harness runs: (scheme, cs, keys) -> {acc, source, condition, scale,
+    budget} ("plain" keys the plain run: (plain, None, None)). ``paths``: cifar10-cpu
+    ``summary.json`` files and/or fig8b CSV files; the first file that has a condition wins."""
     out: dict = {}
     for p in paths:
         p = Path(p)
         if not p.is_file():
             continue
+        if p.suffix == ".json":
+            conds = json.loads(p.read_text()).get("conditions", {})
+            for key, names in {**CPU_TABLE, ("plain", None, None): ("plain",)}.items():
+                name = next((n for n in names if n in conds), None)
+                if name is None or key in out:
+                    continue
+                c = conds[name]
+                w = "/".join(str(v) for v in c.get("widths") or [])
+                out[key] = {"acc": c["enc_q"], "source": str(p), "condition": name, "budget": c.get("budget", ""),
+                            "scale": f"CPU recipe, AirNet {w}, {c['epochs']} epoch(s) of {c['train_images']:,} "
+                                     f"images ({c.get('budget', '')} budget)"}
+            continue
         with open(p, newline="") as f:
             for r in csv.DictReader(f):
-                if r.get("status") != "done" or r.get("scheme") in ("plain", None) or not r.get("acc_enc_q"):
+                if r.get("status") != "done" or r.get("scheme") is None or not r.get("acc_enc_q"):
                     continue
-                cs = None if r["scheme"] not in ("pixel", "icip") else r.get("cs") == "True"
-                key = (r["scheme"], cs, r["keys"])
+                if r["scheme"] == "plain":
+                    key = ("plain", None, None)
+                else:
+                    cs = None if r["scheme"] not in ("pixel", "icip") else r.get("cs") == "True"
+                    key = (r["scheme"], cs, r["keys"])
                 if key in out and out[key]["source"] != str(p):
                     continue
-                out[key] = {"acc": float(r["acc_enc_q"]), "source": str(p), "condition": r["condition"],
+                out[key] = {"acc": float(r["acc_enc_q"]), "source": str(p), "condition": r["condition"], "budget": "",
                             "scale": f"{r.get('profile', '?')} profile, {r.get('epochs', '?')} epoch(s), "
                                      f"{r.get('train_images', '?')} training images, {r.get('augment', '')} on "
                                      f"{r.get('device', '?')}"}
+    return out
+
+
+def plain_row(acc: dict, images) -> dict | None:
+    """Plain training as a frontier point: SSIM 1 (the images are not hidden at all)."""
+    a = acc.get(("plain", None, None))
+    if a is None:
+        return None
+    return {"scheme": "plain (no encryption)", "keys": "-", "attack": "none needed (the image itself)", "ssim": 1.0,
+            "psnr": 100.0, "attack_no_kpa": "", "ssim_no_kpa": "", "upper_bound": "", "ssim_upper_bound": "",
+            "acc_enc_q": a["acc"], "acc_source": a["source"], "acc_scale": a["scale"], "acc_condition": a["condition"],
+            "acc_budget": a["budget"], "audit_images": images, "audit_seconds": ""}
+
+
+def audits_from(path: Path) -> tuple[list[dict], list[dict]]:
+    """The x side of an earlier frontier: its rows (accuracy columns dropped) and its attacks."""
+    if not path.is_file():
+        raise PpdataError(f"--audits-from {path}: no such file")
+    with open(path, newline="") as f:
+        table = [r for r in csv.DictReader(f) if not r["scheme"].startswith("plain")]
+    attacks_csv = path.parent / "frontier-attacks.csv"
+    attacks = []
+    if attacks_csv.is_file():
+        with open(attacks_csv, newline="") as f:
+            for r in csv.DictReader(f):
+                r["oracle"] = r["oracle"] == "True"
+                for k in ("ssim", "psnr", "ssim_ge_0.5"):
+                    r[k] = float(r[k])
+                attacks.append(r)
+    return table, attacks
+
+
+def with_accuracy(table: list[dict], acc: dict) -> list[dict]:
+    """``table``'s rows with the accuracy columns from ``acc`` (matched by scheme label and keys)."""
+    label = {c.label: c for c in CONDITIONS}
+    out = []
+    for r in table:
+        c = label[r["scheme"]]
+        a = acc.get((c.scheme, c.cs, r["keys"]))
+        r = {k: v for k, v in r.items() if not k.startswith("acc_")}
+        r.update({"acc_enc_q": a["acc"] if a else "", "acc_source": a["source"] if a else "",
+                  "acc_scale": a["scale"] if a else "", "acc_condition": a["condition"] if a else "",
+                  "acc_budget": a["budget"] if a else ""})
+        out.append(r)
     return out
 
 
@@ -128,7 +200,8 @@ def rows(audits: dict, acc: dict) -> list[dict]:
                 "attack_no_kpa": f["attack"] if f else "", "ssim_no_kpa": round(f["ssim"], 4) if f else "",
                 "upper_bound": u["attack"] if u else "", "ssim_upper_bound": round(u["ssim"], 4) if u else "",
                 "acc_enc_q": a["acc"] if a else "", "acc_source": a["source"] if a else "",
-                "acc_scale": a["scale"] if a else "", "audit_images": rec["images"],
+                "acc_scale": a["scale"] if a else "", "acc_condition": a["condition"] if a else "",
+                "acc_budget": a["budget"] if a else "", "audit_images": rec["images"],
                 "audit_seconds": rec.get("seconds", ""),
             })
     return table
@@ -164,15 +237,18 @@ def write(table: list[dict], results: Path, command: str, data_desc: str, attack
              + ("; ".join(scales) if scales else "none found"),
              f"- command: `{command}`", "",
              "| scheme | keys | strongest realistic attack | SSIM | PSNR dB | without known plaintext | SSIM | "
-             "upper bound (oracle) | SSIM | Enc(Q) accuracy % |",
-             "|---|---|---|---:|---:|---|---:|---|---:|---:|"]
+             "upper bound (oracle) | SSIM | Enc(Q) accuracy % | accuracy run |",
+             "|---|---|---|---:|---:|---|---:|---|---:|---:|---|"]
     for r in table:
+        run = f"{r.get('acc_condition', '')}{' (small budget)' if r.get('acc_budget') == 'small' else ''}"
         lines.append(f"| {r['scheme']} | {r['keys']} | {r['attack']} | {_f(r['ssim'])} | {_f(r['psnr'], 2)} | "
-                     f"{r['attack_no_kpa']} | {_f(r['ssim_no_kpa'])} | {r['upper_bound'] or '-'} | "
-                     f"{_f(r['ssim_upper_bound'])} | {_f(r['acc_enc_q'], 2) if r['acc_enc_q'] != '' else 'not run'} |")
+                     f"{r['attack_no_kpa'] or '-'} | {_f(r['ssim_no_kpa'])} | {r['upper_bound'] or '-'} | "
+                     f"{_f(r['ssim_upper_bound'])} | {_f(r['acc_enc_q'], 2) if r['acc_enc_q'] != '' else 'not run'} | "
+                     f"{run or '-'} |")
     lines += ["", "Lower SSIM is more private; higher accuracy is more useful. Accuracy and SSIM come from "
-              "different data sets (CIFAR-10 and the 96x96 photos) and, for accuracy, from small CPU runs until GPU "
-              "numbers exist.", ""]
+              "different data sets (CIFAR-10 and the 96x96 photos). Accuracy rows marked *small budget* trained "
+              "a quarter-width network on 400,000 images: compare them with each other and with the small-budget "
+              "NP+CS row of the CPU table, not with the full-budget rows.", ""]
     if attacks:
         lines += ["## Every attack", "",
                   "Mean luminance SSIM / colour SSIM / PSNR over the images each attack covers; *(oracle)* rows pick "
@@ -206,9 +282,10 @@ def _plot(table: list[dict], path: Path, scales: list[str]) -> None:
     import matplotlib.pyplot as plt
 
     f, ax = plt.subplots(figsize=(7.5, 4.8))
-    marker = {"independent": "o", "same": "s"}
+    marker = {"independent": "o", "same": "s", "-": "*"}
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     schemes = list(dict.fromkeys(r["scheme"] for r in table))
+    placed: list[tuple[float, float]] = []
     for r in table:
         c = colours[schemes.index(r["scheme"]) % len(colours)]
         x = float(r["ssim"]) if r["ssim"] != "" else None
@@ -217,19 +294,27 @@ def _plot(table: list[dict], path: Path, scales: list[str]) -> None:
         if r["acc_enc_q"] == "":
             ax.plot([x], [0], marker=marker[r["keys"]], color=c, mfc="none", ms=8, clip_on=False)
             continue
-        ax.plot([x], [float(r["acc_enc_q"])], marker=marker[r["keys"]], color=c, ms=8, linestyle="none")
-        ax.annotate(f"{r['scheme']}, {r['keys']}", (x, float(r["acc_enc_q"])), textcoords="offset points",
-                    xytext=(5, 4), fontsize=7)
+        small = r.get("acc_budget") == "small"
+        ax.plot([x], [float(r["acc_enc_q"])], marker=marker[r["keys"]], color=c, ms=11 if r["keys"] == "-" else 8,
+                linestyle="none", alpha=0.55 if small else 1.0)
+        y = float(r["acc_enc_q"])
+        near = sum(abs(x - a) < 0.08 and abs(y - b) < 4 for a, b in placed)  # stack labels of close points
+        placed.append((x, y))
+        right = x > 0.8
+        ax.annotate(f"{r['scheme']}" + (f", {r['keys']}" if r["keys"] != "-" else "") + (" (small)" if small else ""),
+                    (x, y), textcoords="offset points", xytext=(-6 if right else 6, 4 - 10 * near), fontsize=7,
+                    ha="right" if right else "left")
     for s in schemes:
         ax.plot([], [], "o", color=colours[schemes.index(s) % len(colours)], label=s)
     ax.plot([], [], "ko", label="independent keys")
     ax.plot([], [], "ks", label="one key (same)")
     ax.plot([], [], "ko", mfc="none", label="accuracy not run (on the x axis)")
+    ax.plot([], [], "ko", alpha=0.55, label="small budget (faded)")
     ax.set_xlabel("strongest realistic attack: mean SSIM on the 96x96 photos' test split (lower = more private)")
     ax.set_ylabel("Enc(Q) top-1 accuracy, CIFAR-10 (%)")
     ax.set_xlim(-0.05, 1.05)
     ax.set_ylim(0, 100)
-    ax.set_title("Privacy against accuracy" + (f"\naccuracy: {'; '.join(scales)}" if scales else ""), fontsize=8)
+    ax.set_title("Privacy against accuracy (accuracy: CIFAR-10, CPU recipe; see frontier.md)", fontsize=8)
     ax.legend(fontsize=7, loc="upper left")
     ax.grid(alpha=0.3)
     f.tight_layout()
@@ -238,17 +323,26 @@ def _plot(table: list[dict], path: Path, scales: list[str]) -> None:
 
 
 def main(data: str, work: str, results: str, accuracy, audit_args: list[str], dry_run: bool, command: str,
-         log) -> list[Path]:
-    data_p, work_p = Path(data), Path(work) / "frontier"
-    for name in ("train.tar.gz", "test.tar.gz"):
-        if not (data_p / name).is_file():
-            raise PpdataError(f"frontier needs {data_p / name} (the 96x96 photos: --data FOLDER with train.tar.gz and "
-                              f"test.tar.gz)")
-    audits = run_audits(data_p, work_p, audit_args, dry_run, log)
-    if dry_run:
-        return []
-    table = rows(audits, read_accuracy(accuracy or DEFAULT_ACCURACY))
+         log, audits_csv: str | None = None) -> list[Path]:
+    acc = read_accuracy(accuracy or DEFAULT_ACCURACY)
+    if audits_csv:  # the same audits as before, new accuracies
+        table, attacks = audits_from(Path(audits_csv))
+        if dry_run:
+            return []
+        table = with_accuracy(table, acc)
+        desc = f"the test split of the 96x96 photos ({table[0]['audit_images']} images; audits of {audits_csv})"
+    else:
+        data_p, work_p = Path(data), Path(work) / "frontier"
+        for name in ("train.tar.gz", "test.tar.gz"):
+            if not (data_p / name).is_file():
+                raise PpdataError(f"frontier needs {data_p / name} (the 96x96 photos: --data FOLDER with train.tar.gz "
+                                  f"and test.tar.gz)")
+        audits = run_audits(data_p, work_p, audit_args, dry_run, log)
+        if dry_run:
+            return []
+        table, attacks = rows(audits, acc), attack_rows(audits)
+        desc = f"{data_p} test split ({table[0]['audit_images']} images)" if table else ""
     if not table:
         raise PpdataError("no audit finished")
-    return write(table, Path(results), command, f"{data_p} test split ({table[0]['audit_images']} images)",
-                 attack_rows(audits))
+    p = plain_row(acc, table[0]["audit_images"])
+    return write(([p] if p else []) + table, Path(results), command, desc, attacks)
