@@ -188,6 +188,12 @@ def kernel_candidates(cfg: Config, device: torch.device) -> list[str]:
     return ["float32", "bf16+gemm", "bf16"] if cpu_has_bf16() else ["float32"]
 
 
+def pick_kernels(rates: dict[str, float]) -> str:
+    """The first of ``PREFERENCE`` whose measured images/s are within ``PROBE_MARGIN`` of the fastest."""
+    top = max(rates.values())
+    return next(k for k in PREFERENCE if k in rates and rates[k] * PROBE_MARGIN >= top)
+
+
 def choose_kernels(model, opt, cfg: Config, shape, classes: int, device: torch.device, say) -> tuple[str, dict]:
     """Measure each candidate's training step (``kernel_candidates``) on a synthetic batch and
     return the first of ``PREFERENCE`` within ``PROBE_MARGIN`` of the fastest, and the images/s
@@ -226,8 +232,7 @@ def choose_kernels(model, opt, cfg: Config, shape, classes: int, device: torch.d
     opt.zero_grad(set_to_none=True)
     # within MARGIN of the fastest, prefer the library's kernels (a few synthetic steps cannot tell
     # 5% apart, and over a whole run the GEMMs' extra copies cost 15-30% where the library is sound)
-    top = max(rates.values())
-    best = next(k for k in PREFERENCE if k in rates and rates[k] * PROBE_MARGIN >= top)
+    best = pick_kernels(rates)
     say("kernels measured (images/s): " + ", ".join(f"{k} {v:,.0f}" for k, v in rates.items()) + f"; using {best}")
     return best, {k: round(v, 1) for k, v in rates.items()}
 
